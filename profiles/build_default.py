@@ -1,0 +1,184 @@
+"""Build the shipped default profile set: step models, quality, and curves from the saturation search.
+
+    python -m profiles.build_default [--out profiles/default] [--workers 2]
+
+Step models come from a step-model source (the roofline model by default); curves are produced by
+running ``calibrate.search`` (the same saturation search and sweep that profile real engines) on the
+simulated instance, for every workload and every SLO the case-study configuration uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from calibrate.search import SearchSettings, find_saturation, sweep, sweep_points
+from calibrate.sim_probe import SimulatedProbe
+from profiles.catalog import GPUS, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
+from profiles.profile_set import LatencySlo, default_profile_path, write_profile_set
+from profiles.quality import default_quality_table
+from profiles.roofline import ROOFLINE_SOURCE, roofline_step_model
+from profiles.schema import CURVE_METRICS, ConfigKey
+from profiles.step_model import StepModel
+from traces.workloads import describe_workload, workload_lengths
+
+PROBE_SEED = 0
+PROBE_REQUESTS = 3000
+# A loose SLO whose saturation bounds the sweep when a config cannot meet any task SLO.
+CAPACITY_SLO = LatencySlo(ttft_s=10.0, tpot_s=0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilingTarget:
+    key: ConfigKey
+    step: StepModel
+    workloads: tuple[tuple[str, tuple[LatencySlo, ...]], ...]
+
+
+def case_study_slos() -> dict[str, tuple[LatencySlo, ...]]:
+    """Which SLOs to search per workload: those of the case-study pools (experiments/conf)."""
+    conf = resources.files("experiments") / "conf"
+    pools = OmegaConf.load(str(conf / "cluster" / "case_study.yaml")).pools
+    slos = OmegaConf.load(str(conf / "slo" / "case_study.yaml")).tasks
+    out: dict[str, list[LatencySlo]] = {}
+    for task, pool in pools.items():
+        slo = LatencySlo(float(slos[task].ttft_s), float(slos[task].tpot_s))
+        out.setdefault(str(pool.workload), [])
+        if slo not in out[str(pool.workload)]:
+            out[str(pool.workload)].append(slo)
+    return {w: tuple(s) for w, s in out.items()}
+
+
+def roofline_configs() -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
+    for gpu in GPUS.values():
+        for model in MODELS.values():
+            for quant in QUANTS.values():
+                for tp in TENSOR_PARALLEL_DEGREES:
+                    if unsupported_reason(gpu, model, quant, tp) is None:
+                        yield (ConfigKey(gpu.name, model.name, quant.name, tp),
+                               roofline_step_model(gpu, model, quant, tp), "derived", ROOFLINE_SOURCE)
+
+
+def _lengths(workload: str) -> tuple[np.ndarray, np.ndarray]:
+    return workload_lengths(workload).sample(PROBE_REQUESTS, np.random.default_rng(PROBE_SEED))
+
+
+def profile_target(target: ProfilingTarget) -> tuple[list[dict], list[dict]]:
+    """Saturation search per SLO and a sweep per workload, on the simulated instance."""
+    curves: list[dict] = []
+    saturations: list[dict] = []
+    key = target.key
+    base = {"gpu": key.gpu, "model": key.model, "quant": key.quant, "tp": key.tp}
+    for workload, slos in target.workloads:
+        inp, out = _lengths(workload)
+        probe = SimulatedProbe(target.step, inp, out, seed=PROBE_SEED, max_requests=PROBE_REQUESTS)
+        found = []
+        for slo in slos:
+            result = find_saturation(probe, slo, SearchSettings(start_qps=1.0, min_qps=0.01))
+            found.append(result.saturation_qps)
+            energy = result.passing.energy_per_output_token_j if result.passing is not None else float("nan")
+            saturations.append({
+                **base, "workload": workload, "slo_ttft_s": slo.ttft_s, "slo_tpot_s": slo.tpot_s,
+                "saturation_qps": result.saturation_qps,
+                "energy_per_output_token_j": energy,
+                "probes": len(result.probes),
+                "provenance": "derived",
+                "source": (f"derived: calibrate.search.find_saturation (rel_tol 0.02) on the simulated instance "
+                           f"(sim.instance) with this config's step model; Poisson bursts of 120 s, "
+                           f"200-{PROBE_REQUESTS} requests, seed {PROBE_SEED}, {workload} lengths"),
+            })
+        top = max(found) if found else 0.0
+        if top <= 0:
+            top = find_saturation(probe, CAPACITY_SLO, SearchSettings(start_qps=1.0, min_qps=0.01)).saturation_qps
+        if top <= 0:
+            continue
+        for point in sweep(probe, sweep_points(top)):
+            curves.append({
+                **base, "workload": workload, "qps": point.qps,
+                **{m: getattr(point, m) for m in CURVE_METRICS}, "n_requests": point.n_requests,
+                "provenance": "derived",
+                "source": (f"derived: calibrate.search.sweep on the simulated instance with this config's step "
+                           f"model; Poisson bursts of 120 s, 200-{PROBE_REQUESTS} requests, seed {PROBE_SEED}"),
+            })
+    return curves, saturations
+
+
+def build(
+    out: Path,
+    configs: Iterable[tuple[ConfigKey, StepModel, str, str]],
+    workers: int,
+    name: str,
+    description: str,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> Path:
+    slos = case_study_slos()
+    workloads = tuple((w, s) for w, s in sorted(slos.items()))
+    step_rows, targets = [], []
+    for key, step, provenance, source in configs:
+        step_rows.append({"gpu": key.gpu, "model": key.model, "quant": key.quant, "tp": key.tp,
+                          **step.as_dict(), "provenance": provenance, "source": source})
+        targets.append(ProfilingTarget(key, step, workloads))
+    curves: list[dict] = []
+    saturations: list[dict] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for c, s in progress(pool.map(profile_target, targets, chunksize=2)):
+                curves += c
+                saturations += s
+    else:
+        for c, s in progress(map(profile_target, targets)):
+            curves += c
+            saturations += s
+    workload_rows = []
+    for workload, _ in workloads:
+        inp, outp = _lengths(workload)
+        workload_rows.append({"workload": workload, "mean_input_tokens": float(inp.mean()),
+                              "mean_output_tokens": float(outp.mean()), "provenance": "derived",
+                              "source": f"{describe_workload(workload)}; means of the {PROBE_REQUESTS} pairs used by the probes"})
+    manifest = {
+        "name": name,
+        "description": description,
+        "created": dt.date.today().isoformat(),
+        "command": "python -m profiles.build_default",
+        "configs": len(step_rows),
+        "workloads": {w: [[s.ttft_s, s.tpot_s] for s in sl] for w, sl in workloads},
+    }
+    tables = {
+        "step_models": pd.DataFrame(step_rows),
+        "curves": pd.DataFrame(curves),
+        "saturation": pd.DataFrame(saturations),
+        "quality": default_quality_table(),
+        "workloads": pd.DataFrame(workload_rows),
+    }
+    return write_profile_set(out, manifest, tables)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_profile_path())
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    configs = list(roofline_configs())
+    path = build(
+        args.out, configs, args.workers, "default",
+        "Roofline-derived step models (profiles/roofline.py) for A100-40GB and H100-80GB, Llama-2 7B/13B/70B "
+        "and CodeLlama-34B, FP16 and 11 quantization methods, TP 1/2/4/8; curves from the saturation search "
+        "and sweep on the simulated instance; quality from literature and labelled assumptions.",
+        progress=lambda it: tqdm(it, total=len(configs), desc="profiling configs", unit="config"),
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Loading, validating, querying and writing profile sets (the folder format of ``profiles.schema``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiles.schema import (
+    KEY_COLUMNS,
+    PROVENANCE_KINDS,
+    TABLE_FILES,
+    ConfigKey,
+)
+from profiles.step_model import StepModel, StepModelError
+
+NUMERIC_EXCEPT = {"gpu", "model", "quant", "workload", "task", "provenance", "source"}
+# Energy may be absent (no energy counter, or no passing probe): empty, never invented.
+NULLABLE = {"mean_power_w", "energy_per_output_token_j"}
+
+
+class ProfileError(ValueError):
+    """A profile set that breaks the contract; the message names file, row and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySlo:
+    ttft_s: float
+    tpot_s: float
+
+    def met_by(self, p90_ttft_s: float, p90_tpot_s: float) -> bool:
+        """TPOT is NaN when no request produced a second token: nothing to judge, so it passes."""
+        return p90_ttft_s <= self.ttft_s and not p90_tpot_s > self.tpot_s
+
+
+def default_profile_path() -> Path:
+    return Path(str(resources.files("profiles") / "default"))
+
+
+def _validate_table(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ProfileError(f"{path}: missing column(s) {', '.join(missing)}")
+    for col in columns:
+        if col in NUMERIC_EXCEPT:
+            continue
+        raw = frame[col]
+        values = pd.to_numeric(raw, errors="coerce")
+        array = values.to_numpy(dtype=float, na_value=np.nan)
+        if col in NULLABLE:
+            bad = (values.isna() & raw.notna()) | np.isinf(array)
+        else:
+            bad = values.isna() | ~np.isfinite(array)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ProfileError(f"{path}: row {row + 2}, field '{col}': not a finite number ({frame[col].iloc[row]!r})")
+    kinds = frame["provenance"].astype(str)
+    bad_kind = ~kinds.isin(PROVENANCE_KINDS)
+    if bad_kind.any():
+        row = int(np.flatnonzero(bad_kind.to_numpy())[0])
+        raise ProfileError(
+            f"{path}: row {row + 2}, field 'provenance': {kinds.iloc[row]!r} is not one of {PROVENANCE_KINDS}"
+        )
+    source = frame["source"].fillna("").astype(str).str.strip()
+    if (source == "").any():
+        row = int(np.flatnonzero((source == "").to_numpy())[0])
+        raise ProfileError(f"{path}: row {row + 2}, field 'source': empty; every number needs its provenance")
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ProfileError(f"{path}: file missing from the profile set")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """A validated profile set with the look-ups policies need."""
+
+    path: Path
+    manifest: dict
+    step_models: pd.DataFrame
+    curves: pd.DataFrame
+    saturation: pd.DataFrame
+    quality: pd.DataFrame
+    workloads: pd.DataFrame
+    _steps: dict = field(default_factory=dict, repr=False)
+    _curve_index: dict = field(default_factory=dict, repr=False)
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ProfileSet":
+        root = Path(path)
+        if not root.is_dir():
+            raise ProfileError(f"{root}: profile set folder not found")
+        manifest_path = root / "manifest.json"
+        if not manifest_path.exists():
+            raise ProfileError(f"{manifest_path}: file missing from the profile set")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{manifest_path}: not valid JSON ({exc})") from None
+        tables = {}
+        for name, (filename, columns) in TABLE_FILES.items():
+            frame = _read(root / filename)
+            _validate_table(frame, root / filename, columns)
+            if "tp" in columns:
+                frame["tp"] = frame["tp"].astype(int)
+            tables[name] = frame
+        steps = {}
+        step_path = root / TABLE_FILES["step_models"][0]
+        for row_no, row in enumerate(tables["step_models"].to_dict("records")):
+            key = ConfigKey(str(row["gpu"]), str(row["model"]), str(row["quant"]), int(row["tp"]))
+            if key in steps:
+                raise ProfileError(f"{step_path}: row {row_no + 2}: config {key.label} appears twice")
+            try:
+                steps[key] = StepModel.from_mapping(row, where=f"{step_path}: row {row_no + 2}")
+            except StepModelError as exc:
+                raise ProfileError(str(exc)) from None
+        curve_index = {}
+        for (gpu, model, quant, tp, workload), group in tables["curves"].groupby(list(KEY_COLUMNS) + ["workload"]):
+            key = ConfigKey(str(gpu), str(model), str(quant), int(tp))
+            if key not in steps:
+                raise ProfileError(f"{root / 'curves.parquet'}: curve for {key.label} has no step model")
+            curve_index[(key, str(workload))] = group.sort_values("qps").reset_index(drop=True)
+        return cls(root, manifest, tables["step_models"], tables["curves"], tables["saturation"],
+                   tables["quality"], tables["workloads"], steps, curve_index)
+
+    # --- look-ups --------------------------------------------------------------------------------
+
+    def configs(self) -> list[ConfigKey]:
+        return sorted(self._steps)
+
+    def step(self, key: ConfigKey) -> StepModel:
+        try:
+            return self._steps[key]
+        except KeyError:
+            raise ProfileError(f"{self.path}/step_models.csv: no row for config {key.label}") from None
+
+    def quality_score(self, model: str, quant: str, task: str) -> float:
+        q = self.quality
+        rows = q[(q["model"] == model) & (q["quant"] == quant) & (q["task"] == task)]
+        if rows.empty:
+            raise ProfileError(f"{self.path}/quality.csv: no row for model={model} quant={quant} task={task}")
+        return float(rows["score"].iloc[0])
+
+    def curve(self, key: ConfigKey, workload: str) -> pd.DataFrame:
+        try:
+            return self._curve_index[(key, workload)]
+        except KeyError:
+            raise ProfileError(f"{self.path}/curves.parquet: no curve for {key.label} on workload '{workload}'") from None
+
+    def has_curve(self, key: ConfigKey, workload: str) -> bool:
+        return (key, workload) in self._curve_index
+
+    def saturation_qps(self, key: ConfigKey, workload: str, slo: LatencySlo) -> float:
+        """Saturation under an SLO: the searched value when the SLO was searched, else read off the curve."""
+        s = self.saturation
+        rows = s[
+            (s["gpu"] == key.gpu) & (s["model"] == key.model) & (s["quant"] == key.quant) & (s["tp"] == key.tp)
+            & (s["workload"] == workload)
+            & np.isclose(s["slo_ttft_s"], slo.ttft_s) & np.isclose(s["slo_tpot_s"], slo.tpot_s)
+        ]
+        if not rows.empty:
+            return float(rows["saturation_qps"].iloc[0])
+        return saturation_from_curve(self.curve(key, workload), slo)
+
+    def energy_per_token_j(self, key: ConfigKey, workload: str, qps: float) -> float:
+        """Energy per output token of one replica at a load, interpolated on its curve."""
+        curve = self.curve(key, workload)
+        return float(np.interp(qps, curve["qps"].to_numpy(), curve["energy_per_output_token_j"].to_numpy()))
+
+
+def saturation_from_curve(curve: pd.DataFrame, slo: LatencySlo) -> float:
+    """Highest QPS whose P90 TTFT and TPOT meet the SLO, interpolating between sweep points."""
+    qps = curve["qps"].to_numpy()
+    ok = (curve["p90_ttft_s"].to_numpy() <= slo.ttft_s) & (curve["p90_tpot_s"].to_numpy() <= slo.tpot_s)
+    if not ok[0]:
+        return 0.0
+    last_ok = int(np.argmin(ok)) - 1 if not ok.all() else len(ok) - 1
+    if last_ok == len(ok) - 1:
+        return float(qps[-1])
+    lo, hi = last_ok, last_ok + 1
+    # Interpolate where the binding metric crosses its SLO.
+    fractions = []
+    for metric, limit in (("p90_ttft_s", slo.ttft_s), ("p90_tpot_s", slo.tpot_s)):
+        a, b = float(curve[metric].iloc[lo]), float(curve[metric].iloc[hi])
+        if b > limit:
+            fractions.append((limit - a) / (b - a) if b != a else 0.0)
+    frac = min(fractions) if fractions else 0.0
+    return float(qps[lo] + max(0.0, min(1.0, frac)) * (qps[hi] - qps[lo]))
+
+
+def write_profile_set(path: str | os.PathLike, manifest: dict, tables: dict[str, pd.DataFrame]) -> Path:
+    """Write all tables to a temporary folder, validate it by loading, then move it into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for name, (filename, columns) in TABLE_FILES.items():
+            frame = tables[name].loc[:, list(columns)]
+            if filename.endswith(".parquet"):
+                frame.to_parquet(tmp / filename, index=False)
+            else:
+                frame.to_csv(tmp / filename, index=False, float_format="%.10g")
+        ProfileSet.load(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+

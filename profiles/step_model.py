@@ -1,0 +1,215 @@
+"""The step model: time and energy of one engine iteration, the part of a profile the simulator runs on.
+
+One iteration processes ``n_seq`` sequences and ``n_tok`` tokens: every decoding sequence contributes
+one token, every newly admitted request its whole prompt (no chunked prefill). Its time is a roofline
+with additive overheads::
+
+    t = overhead_s + per_seq_s*n_seq + per_token_s*n_tok + max(weights_s, flop_token_s*n_tok)
+        + per_kv_token_s*kv_tokens + per_prefill_token_s*prefill_tokens + prefill_attn_s*sum(L^2)
+
+``max(weights_s, flop_token_s*n_tok)`` is the linear layers: bound by streaming the weights once
+(small batches) or by tensor-core throughput (large prefills). ``kv_tokens`` is the KV cache the
+decoding sequences read. Energy is static power for the duration plus dynamic energy per unit of
+work, capped at the power limit::
+
+    e = min(max_power_w*t, active_w*t + flop_token_j*n_tok + per_kv_token_j*kv_tokens + weights_j)
+
+Both are linear in ``kv_tokens`` for a fixed batch, which is what lets the simulator jump over a
+stretch of decode iterations in closed form instead of spending an event per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+TIME_FIELDS = (
+    "overhead_s",
+    "per_seq_s",
+    "per_token_s",
+    "weights_s",
+    "flop_token_s",
+    "per_kv_token_s",
+    "per_prefill_token_s",
+    "prefill_attn_s",
+)
+POWER_FIELDS = ("idle_w", "active_w", "flop_token_j", "per_kv_token_j", "weights_j", "max_power_w")
+CAPACITY_FIELDS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
+
+
+class StepModelError(ValueError):
+    """A step model with a value that cannot describe an engine."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepModel:
+    """Per-iteration time and energy of one instance (all of its TP GPUs together)."""
+
+    overhead_s: float
+    per_seq_s: float
+    per_token_s: float
+    weights_s: float
+    flop_token_s: float
+    per_kv_token_s: float
+    per_prefill_token_s: float
+    prefill_attn_s: float
+    idle_w: float
+    active_w: float
+    flop_token_j: float
+    per_kv_token_j: float
+    weights_j: float
+    max_power_w: float
+    kv_capacity_tokens: int
+    max_batch: int
+    max_num_tokens: int
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise StepModelError(f"step model field '{f.name}' must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise StepModelError(f"step model field '{f.name}' must be finite and >= 0, got {value!r}")
+        for name in CAPACITY_FIELDS:
+            if int(getattr(self, name)) < 1:
+                raise StepModelError(f"step model field '{name}' must be >= 1, got {getattr(self, name)!r}")
+        if self.active_w < self.idle_w:
+            raise StepModelError(f"step model active_w={self.active_w} is below idle_w={self.idle_w}")
+        if self.max_power_w < self.active_w:
+            raise StepModelError(f"step model max_power_w={self.max_power_w} is below active_w={self.active_w}")
+        if self.overhead_s + self.weights_s <= 0:
+            raise StepModelError("step model iterations take no time: overhead_s + weights_s must be > 0")
+
+    # --- one iteration -------------------------------------------------------------------------
+
+    def iteration_s(
+        self, n_seq: int, n_tok: int, kv_tokens: float, prefill_tokens: int = 0, prefill_sq_tokens: float = 0.0
+    ) -> float:
+        linear = self.flop_token_s * n_tok
+        if linear < self.weights_s:
+            linear = self.weights_s
+        return (
+            self.overhead_s
+            + self.per_seq_s * n_seq
+            + self.per_token_s * n_tok
+            + linear
+            + self.per_kv_token_s * kv_tokens
+            + self.per_prefill_token_s * prefill_tokens
+            + self.prefill_attn_s * prefill_sq_tokens
+        )
+
+    def iteration_j(self, duration_s: float, n_tok: int, kv_tokens: float) -> float:
+        work_j = (
+            self.active_w * duration_s
+            + self.flop_token_j * n_tok
+            + self.per_kv_token_j * kv_tokens
+            + self.weights_j
+        )
+        cap_j = self.max_power_w * duration_s
+        return work_j if work_j < cap_j else cap_j
+
+    # --- a stretch of decode-only iterations with a fixed batch ----------------------------------
+    # Iteration j (0-based) of a stretch with batch b starting at kv0 reads kv0 + j*b KV tokens.
+
+    def decode_fixed_s(self, batch: int) -> float:
+        """The part of a decode iteration's time that does not depend on the KV cache."""
+        linear = self.flop_token_s * batch
+        if linear < self.weights_s:
+            linear = self.weights_s
+        return self.overhead_s + (self.per_seq_s + self.per_token_s) * batch + linear
+
+    def decode_stretch_s(self, batch: int, kv0: float, iterations: int) -> float:
+        """Time of ``iterations`` decode iterations: an arithmetic series in closed form."""
+        k = iterations
+        return k * (self.decode_fixed_s(batch) + self.per_kv_token_s * kv0) + (
+            self.per_kv_token_s * batch * (k * (k - 1) / 2.0)
+        )
+
+    def decode_iterations_until(self, batch: int, kv0: float, elapsed_s: float) -> int:
+        """Smallest k >= 0 whose stretch time is >= elapsed_s: the boundary at or after a moment."""
+        if elapsed_s <= 0.0:
+            return 0
+        alpha = self.decode_fixed_s(batch) + self.per_kv_token_s * kv0
+        beta = self.per_kv_token_s * batch / 2.0
+        if beta > 0.0:
+            b = alpha - beta
+            k = math.ceil((-b + math.sqrt(b * b + 4.0 * beta * elapsed_s)) / (2.0 * beta))
+        else:
+            k = math.ceil(elapsed_s / alpha)
+        k = max(k, 1)
+        # The root is exact up to rounding; step to the true boundary.
+        while k > 1 and self.decode_stretch_s(batch, kv0, k - 1) >= elapsed_s:
+            k -= 1
+        while self.decode_stretch_s(batch, kv0, k) < elapsed_s:
+            k += 1
+        return k
+
+    def decode_stretch_j(self, batch: int, kv0: float, iterations: int) -> float:
+        """Energy of a decode stretch; each iteration is min(work, cap), both linear in j."""
+        k = iterations
+        if k <= 0:
+            return 0.0
+        fixed_s = self.decode_fixed_s(batch)
+        c = self.per_kv_token_s
+        # work_j(x) = u0 + u1*x, cap_j(x) = c0 + c1*x with x = kv tokens read.
+        u0 = self.active_w * fixed_s + self.flop_token_j * batch + self.weights_j
+        u1 = self.active_w * c + self.per_kv_token_j
+        c0 = self.max_power_w * fixed_s
+        c1 = self.max_power_w * c
+
+        def series(a0: float, a1: float, j0: int, j1: int) -> float:
+            # sum over j in [j0, j1) of a0 + a1*(kv0 + j*batch)
+            n = j1 - j0
+            if n <= 0:
+                return 0.0
+            return n * (a0 + a1 * kv0) + a1 * batch * ((j0 + j1 - 1) * n / 2.0)
+
+        work_first = u0 + u1 * kv0 <= c0 + c1 * kv0
+        xk = kv0 + (k - 1) * batch
+        work_last = u0 + u1 * xk <= c0 + c1 * xk
+        if work_first and work_last:
+            return series(u0, u1, 0, k)
+        if not work_first and not work_last:
+            return series(c0, c1, 0, k)
+        # One crossing inside the stretch: find the first j where the other line is lower.
+        lo, hi = 0, k - 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            x = kv0 + mid * batch
+            if (u0 + u1 * x <= c0 + c1 * x) == work_first:
+                lo = mid
+            else:
+                hi = mid
+        first, second = ((u0, u1), (c0, c1)) if work_first else ((c0, c1), (u0, u1))
+        return series(*first, 0, hi) + series(*second, hi, k)
+
+    # --- capacity --------------------------------------------------------------------------------
+
+    def fits(self, input_tokens: int, output_tokens: int) -> bool:
+        """Whether one request could ever run on an empty instance."""
+        return input_tokens + output_tokens <= self.kv_capacity_tokens and input_tokens <= self.max_num_tokens
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_mapping(cls, values: dict, where: str = "step model") -> "StepModel":
+        """Build from a row (CSV/Parquet); a missing or bad field names where it came from."""
+        kwargs = {}
+        for f in fields(cls):
+            if f.name not in values:
+                raise StepModelError(f"{where}: missing field '{f.name}'")
+            raw = values[f.name]
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise StepModelError(f"{where}: field '{f.name}' is not a number: {raw!r}") from None
+            if f.name in CAPACITY_FIELDS:
+                if not math.isfinite(value) or value != int(value):
+                    raise StepModelError(f"{where}: field '{f.name}' must be a whole number, got {raw!r}")
+                value = int(value)
+            kwargs[f.name] = value
+        try:
+            return cls(**kwargs)
+        except StepModelError as exc:
+            raise StepModelError(f"{where}: {exc}") from None

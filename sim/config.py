@@ -1,0 +1,228 @@
+"""The main job's configuration: a structured schema (unknown keys fail in Hydra) and its translation
+into the run's values, where every wrong value fails before any work with a message naming its key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from profiles.profile_set import LatencySlo, ProfileError, ProfileSet, default_profile_path
+from sim.cluster import ClusterSettings
+from sim.deployment import TaskSpec
+from sim.policies import Policy, make_policy
+from sim.router import ROUTERS
+from traces.azure import load_azure_trace, load_shipped_trace
+from traces.case_study import CaseStudyTraceSpec, build_case_study_trace
+from traces.trace import Trace, TraceError
+from traces.transform import scale_to_rate, slice_time, tile
+from traces.workloads import UnknownWorkloadError, workload_lengths
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot run; the message names the key."""
+
+
+@dataclass
+class TraceConf:
+    kind: str = "case_study"  # case_study | azure
+    total_rate_qps: float = 120.0
+    duration_s: Optional[float] = 3600.0
+    arrival: str = "poisson"
+    cv: float = 1.0
+    mix: dict[str, float] = field(default_factory=dict)
+    azure: Optional[str] = None  # conv | code (shipped) for kind=azure
+    path: Optional[str] = None  # an Azure-format CSV instead of a shipped one
+    task: str = "chat-s"
+    target_rate_qps: Optional[float] = None
+    diurnal_period_s: Optional[float] = None
+
+
+@dataclass
+class PoolConf:
+    model: str = MISSING
+    workload: str = MISSING
+
+
+@dataclass
+class ClusterConf:
+    gpu_types: list[str] = field(default_factory=lambda: ["a100-40gb", "h100-80gb"])
+    pools: dict[str, PoolConf] = field(default_factory=dict)
+    replan_interval_s: Optional[float] = 300.0
+    load_estimate: str = "oracle"
+    engine_start_s: float = 20.0
+    load_gbps_per_gpu: float = 2.0
+    max_queue: Optional[int] = None
+    drain_limit_s: float = 3600.0
+
+
+@dataclass
+class PolicyConf:
+    name: str = MISSING
+    headroom: float = 1.0
+
+
+@dataclass
+class RouterConf:
+    name: str = MISSING
+
+
+@dataclass
+class ProfilesConf:
+    path: Optional[str] = None
+
+
+@dataclass
+class SloTaskConf:
+    ttft_s: float = MISSING
+    tpot_s: float = MISSING
+    quality_min: float = MISSING
+
+
+@dataclass
+class SloConf:
+    tasks: dict[str, SloTaskConf] = field(default_factory=dict)
+
+
+@dataclass
+class OutputsConf:
+    per_request: bool = True
+    figures: bool = True
+
+
+@dataclass
+class SimConf:
+    trace: TraceConf = field(default_factory=TraceConf)
+    cluster: ClusterConf = field(default_factory=ClusterConf)
+    policy: PolicyConf = field(default_factory=PolicyConf)
+    router: RouterConf = field(default_factory=RouterConf)
+    profiles: ProfilesConf = field(default_factory=ProfilesConf)
+    slo: SloConf = field(default_factory=SloConf)
+    seed: int = 0
+    progress: bool = True
+    outputs: OutputsConf = field(default_factory=OutputsConf)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one simulation needs, validated."""
+
+    trace: Trace
+    tasks: tuple[TaskSpec, ...]
+    policy: Policy
+    profiles: ProfileSet
+    settings: ClusterSettings
+
+
+def _fail(key: str, why: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': {why}")
+
+
+def build_trace(cfg: Any, seed: int) -> Trace:
+    t = cfg
+    if t.kind == "case_study":
+        try:
+            spec = CaseStudyTraceSpec(
+                total_rate_qps=float(t.total_rate_qps),
+                duration_s=float(t.duration_s) if t.duration_s is not None else 3600.0,
+                mix=dict(t.mix) if t.mix else CaseStudyTraceSpec().mix,
+                arrival=str(t.arrival),
+                cv=float(t.cv),
+                seed=int(seed),
+                diurnal_period_s=t.diurnal_period_s,
+            )
+        except ValueError as exc:
+            raise _fail("trace", str(exc).replace("CaseStudyTraceSpec.", "trace.")) from None
+        return build_case_study_trace(spec)
+    if t.kind == "azure":
+        try:
+            if t.path:
+                trace = load_azure_trace(Path(t.path), task_name=t.task)
+            elif t.azure in ("conv", "code"):
+                shipped = load_shipped_trace(t.azure)
+                trace = Trace(shipped.arrival_s, shipped.input_tokens, shipped.output_tokens, shipped.task,
+                              (t.task,), shipped.source)
+            else:
+                raise _fail("trace.azure", f"'{t.azure}' is not one of ['conv', 'code'] (or set trace.path)")
+        except TraceError as exc:
+            raise ConfigError(str(exc)) from None
+        if t.target_rate_qps is not None:
+            if t.target_rate_qps <= 0:
+                raise _fail("trace.target_rate_qps", f"must be > 0, got {t.target_rate_qps}")
+            trace = scale_to_rate(trace, float(t.target_rate_qps))
+        if t.duration_s is not None:
+            if t.duration_s <= 0:
+                raise _fail("trace.duration_s", f"must be > 0, got {t.duration_s}")
+            trace = slice_time(tile(trace, float(t.duration_s)), 0.0, float(t.duration_s))
+        return trace
+    raise _fail("trace.kind", f"'{t.kind}' is not one of ['case_study', 'azure']")
+
+
+def build_tasks(cfg: Any) -> tuple[TaskSpec, ...]:
+    pools = cfg.cluster.pools
+    slos = cfg.slo.tasks
+    if not pools:
+        raise _fail("cluster.pools", "names no pool")
+    tasks = []
+    for name, pool in pools.items():
+        if name not in slos:
+            raise _fail(f"slo.tasks.{name}", f"missing: pool '{name}' has no SLO (SLOs given for {sorted(slos)})")
+        slo = slos[name]
+        for key in ("ttft_s", "tpot_s"):
+            if not float(slo[key]) > 0:
+                raise _fail(f"slo.tasks.{name}.{key}", f"must be > 0, got {slo[key]}")
+        if not 0 <= float(slo.quality_min) <= 100:
+            raise _fail(f"slo.tasks.{name}.quality_min", f"must be in [0, 100], got {slo.quality_min}")
+        try:
+            workload_lengths(pool.workload)
+        except UnknownWorkloadError as exc:
+            raise _fail(f"cluster.pools.{name}.workload", str(exc)) from None
+        tasks.append(TaskSpec(name, str(pool.model), str(pool.workload),
+                              LatencySlo(float(slo.ttft_s), float(slo.tpot_s)), float(slo.quality_min)))
+    return tuple(tasks)
+
+
+def build_run(cfg: Any) -> RunSpec:
+    """Validate the whole configuration and build the run's values, or raise ConfigError."""
+    if cfg.router.name not in ROUTERS:
+        raise _fail("router.name", f"'{cfg.router.name}' is not one of {sorted(ROUTERS)}")
+    try:
+        policy = make_policy(str(cfg.policy.name), float(cfg.policy.headroom))
+    except ValueError as exc:
+        raise _fail("policy", str(exc)) from None
+    c = cfg.cluster
+    try:
+        settings = ClusterSettings(
+            gpu_types=tuple(str(g) for g in c.gpu_types),
+            router=str(cfg.router.name),
+            replan_interval_s=c.replan_interval_s,
+            load_estimate=str(c.load_estimate),
+            engine_start_s=float(c.engine_start_s),
+            load_gbps_per_gpu=float(c.load_gbps_per_gpu),
+            max_queue=c.max_queue,
+            drain_limit_s=float(c.drain_limit_s),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config key {exc}") from None
+    path = Path(cfg.profiles.path) if cfg.profiles.path else default_profile_path()
+    try:
+        profiles = ProfileSet.load(path)
+    except ProfileError as exc:
+        raise _fail("profiles.path", str(exc)) from None
+    tasks = build_tasks(cfg)
+    known_models = {k.model for k in profiles.configs()}
+    known_gpus = {k.gpu for k in profiles.configs()}
+    for task in tasks:
+        if task.model not in known_models:
+            raise _fail(f"cluster.pools.{task.name}.model", f"'{task.model}' has no profile in {path} (profiled: {sorted(known_models)})")
+    for gpu in settings.gpu_types:
+        if gpu not in known_gpus:
+            raise _fail("cluster.gpu_types", f"'{gpu}' has no profile in {path} (profiled: {sorted(known_gpus)})")
+    trace = build_trace(cfg.trace, int(cfg.seed))
+    names = {t.name for t in tasks}
+    extra = [n for n in trace.task_names if n not in names]
+    if extra:
+        raise _fail("cluster.pools", f"the trace has task(s) {extra} with no pool")
+    return RunSpec(trace, tasks, policy, profiles, settings)

@@ -1,0 +1,81 @@
+"""Capacity arithmetic shared by policies: DP for a load, and energy-optimal choices from profiles.
+
+DP for a target load x and a replica saturation x_s is ceil(x / x_s) with the load spread evenly
+(paper §8.2); a replica's energy per token at load x/DP is read off its profile curve, which already
+includes the replica's idle time, so comparing it across configs compares the pool's whole energy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from profiles.profile_set import ProfileSet
+from profiles.schema import ConfigKey
+from sim.deployment import PoolPlan, TaskSpec
+
+
+class NoFeasibleConfig(RuntimeError):
+    """No profiled config can serve a task under the constraints asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key: ConfigKey
+    dp: int
+    saturation_qps: float
+    energy_per_token_j: float
+    quality: float
+
+    @property
+    def gpus(self) -> int:
+        return self.dp * self.key.tp
+
+    def plan(self, task: str, load_qps: float) -> PoolPlan:
+        return PoolPlan(task, self.key, self.dp, load_qps, self.saturation_qps, self.energy_per_token_j, self.quality)
+
+
+def replicas_for(load_qps: float, saturation_qps: float, headroom: float = 1.0) -> int:
+    """ceil(x / (x_s * headroom)), at least one replica."""
+    if saturation_qps <= 0:
+        raise ValueError("saturation_qps must be > 0")
+    return max(1, math.ceil(load_qps / (saturation_qps * headroom) - 1e-9))
+
+
+def task_configs(profiles: ProfileSet, task: TaskSpec, gpu_types: Iterable[str], quants: Iterable[str] | None = None) -> list[ConfigKey]:
+    gpus = set(gpu_types)
+    allowed = set(quants) if quants is not None else None
+    return [
+        key
+        for key in profiles.configs()
+        if key.model == task.model and key.gpu in gpus and (allowed is None or key.quant in allowed)
+        and profiles.has_curve(key, task.workload)
+    ]
+
+
+def candidate(profiles: ProfileSet, task: TaskSpec, key: ConfigKey, load_qps: float, headroom: float = 1.0) -> Candidate | None:
+    """DP and predicted energy of serving ``load_qps`` with ``key``; None when it cannot meet the SLO."""
+    sat = profiles.saturation_qps(key, task.workload, task.slo)
+    if sat <= 0:
+        return None
+    dp = replicas_for(load_qps, sat, headroom)
+    per_replica = load_qps / dp if load_qps > 0 else 0.0
+    energy = profiles.energy_per_token_j(key, task.workload, per_replica)
+    quality = profiles.quality_score(key.model, key.quant, task.name)
+    return Candidate(key, dp, sat, energy, quality)
+
+
+def energy_optimal(cands: Iterable[Candidate | None]) -> Candidate:
+    """Least energy per token; fewer GPUs, then the config label, break ties."""
+    pool = [c for c in cands if c is not None]
+    if not pool:
+        raise NoFeasibleConfig("no candidate config meets the latency SLO")
+    # A config whose profile has no energy figure ranks after every one that has.
+    return min(pool, key=lambda c: (round(c.energy_per_token_j, 12) if math.isfinite(c.energy_per_token_j) else math.inf,
+                                    c.gpus, c.key.label))
+
+
+def energy_at_saturation(profiles: ProfileSet, task: TaskSpec, key: ConfigKey) -> float:
+    sat = profiles.saturation_qps(key, task.workload, task.slo)
+    return profiles.energy_per_token_j(key, task.workload, sat) if sat > 0 else math.inf

@@ -1,0 +1,115 @@
+"""Deployment policies: the paper's three (§8.3) and ours.
+
+A policy plans each task's pool from the profiles and the load it is told to plan for; the cluster
+calls it at the start and then every re-plan window, and pays the reconfiguration cost when the plan
+changes.
+
+* FP16-Only: FP16 models; TP and DP to meet the SLOs; the energy-optimal (GPU, DP, TP).
+* Quality-First: the quantization method with the highest quality for the task (FP16 is not a
+  quantization method, so it is not a candidate); then TP and DP to meet the SLOs; energy-optimal
+  (GPU, DP, TP).
+* Energy-First: the (quant, GPU, TP) with the lowest energy per token at its saturation point;
+  then DP = ceil(x / x_s). Quality is not looked at.
+* SLO-Energy-Optimal (ours): among every (quant, GPU, TP) whose quality meets the task's floor, the
+  energy-optimal (GPU, DP, TP) with DP sized to keep replicas at ``headroom`` of saturation, so
+  Poisson bursts do not push the P90 over the SLO. Re-planned every window, it follows the load.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from sim.deployment import Deployment, PlanContext, PoolPlan, TaskSpec
+from sim.planning import (
+    NoFeasibleConfig,
+    candidate,
+    energy_at_saturation,
+    energy_optimal,
+    replicas_for,
+    task_configs,
+)
+
+
+class Policy(ABC):
+    name: str = ""
+
+    def plan(self, ctx: PlanContext) -> Deployment:
+        return Deployment(tuple(self.plan_task(ctx, task) for task in ctx.tasks))
+
+    @abstractmethod
+    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
+        """One task's pool for the load in ``ctx.load_qps[task.name]``."""
+
+
+class Fp16Only(Policy):
+    name = "fp16_only"
+
+    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
+        load = ctx.load_qps[task.name]
+        keys = task_configs(ctx.profiles, task, ctx.gpu_types, quants=("fp16",))
+        if not keys:
+            raise NoFeasibleConfig(f"fp16_only: no FP16 config of {task.model} profiled on {ctx.gpu_types}")
+        return energy_optimal(candidate(ctx.profiles, task, k, load) for k in keys).plan(task.name, load)
+
+
+class QualityFirst(Policy):
+    name = "quality_first"
+
+    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
+        load = ctx.load_qps[task.name]
+        keys = [k for k in task_configs(ctx.profiles, task, ctx.gpu_types) if k.quant != "fp16"]
+        cands = [c for c in (candidate(ctx.profiles, task, k, load) for k in keys) if c is not None]
+        if not cands:
+            raise NoFeasibleConfig(f"quality_first: no quantized config of {task.model} meets the latency SLO")
+        best_quality = max(c.quality for c in cands)
+        top = [c for c in cands if c.quality == best_quality]
+        return energy_optimal(top).plan(task.name, load)
+
+
+class EnergyFirst(Policy):
+    name = "energy_first"
+
+    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
+        load = ctx.load_qps[task.name]
+        keys = task_configs(ctx.profiles, task, ctx.gpu_types)
+        scored = [(energy_at_saturation(ctx.profiles, task, k), k.tp, k.label, k) for k in keys]
+        scored = [s for s in scored if s[0] != float("inf")]
+        if not scored:
+            raise NoFeasibleConfig(f"energy_first: no config of {task.model} meets the latency SLO")
+        best = min(scored)[3]
+        cand = candidate(ctx.profiles, task, best, load)
+        assert cand is not None
+        return cand.plan(task.name, load)
+
+
+class SloEnergyOptimal(Policy):
+    name = "slo_energy_optimal"
+
+    def __init__(self, headroom: float = 0.9):
+        if not (0 < headroom <= 1):
+            raise ValueError(f"policy.headroom must be in (0, 1], got {headroom}")
+        self.headroom = headroom
+
+    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
+        load = ctx.load_qps[task.name]
+        keys = [
+            k for k in task_configs(ctx.profiles, task, ctx.gpu_types)
+            if ctx.profiles.quality_score(k.model, k.quant, task.name) >= task.quality_min
+        ]
+        if not keys:
+            raise NoFeasibleConfig(f"slo_energy_optimal: no config of {task.model} meets the quality floor {task.quality_min}")
+        return energy_optimal(candidate(ctx.profiles, task, k, load, self.headroom) for k in keys).plan(task.name, load)
+
+
+POLICIES = {cls.name: cls for cls in (Fp16Only, QualityFirst, EnergyFirst, SloEnergyOptimal)}
+
+
+def make_policy(name: str, headroom: float = 1.0) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"policy.name='{name}' is not one of {sorted(POLICIES)}")
+    if name == SloEnergyOptimal.name:
+        return SloEnergyOptimal(headroom)
+    return POLICIES[name]()
+
+
+__all__ = ["Policy", "POLICIES", "make_policy", "replicas_for"]

@@ -1,0 +1,56 @@
+"""Routers: which replica of a pool gets the next request."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from sim.instance import Instance
+
+
+class Router(Protocol):
+    name: str
+
+    def pick(self, replicas: Sequence[Instance]) -> Instance | None:
+        """A serving replica for the next request, or None when none serves."""
+
+
+class RoundRobin:
+    """Cycles through the serving replicas in order; state-free with respect to load."""
+
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, replicas: Sequence[Instance]) -> Instance | None:
+        n = len(replicas)
+        for offset in range(n):
+            candidate = replicas[(self._next + offset) % n]
+            if candidate.serving:
+                self._next = (self._next + offset + 1) % n
+                return candidate
+        return None
+
+
+class LeastOutstanding:
+    """The serving replica with the fewest queued plus running requests (lowest id on ties)."""
+
+    name = "least_outstanding"
+
+    def pick(self, replicas: Sequence[Instance]) -> Instance | None:
+        best = None
+        best_load = 0
+        for candidate in replicas:
+            if candidate.serving and (best is None or candidate.outstanding < best_load):
+                best, best_load = candidate, candidate.outstanding
+        return best
+
+
+ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding}
+
+
+def make_router(name: str) -> Router:
+    try:
+        return ROUTERS[name]()
+    except KeyError:
+        raise ValueError(f"router.name='{name}' is not one of {sorted(ROUTERS)}") from None

@@ -1,0 +1,121 @@
+"""The instance model against things known exactly: a lone request, an M/D/1 queue, the
+per-iteration reference replay, energy conservation and the KV/batch limits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import make_step, make_trace, poisson_trace
+from sim.instance import replay_single_instance
+from sim.reference import replay_instance
+from sim.requests import FINISHED, REJECTED, REJECT_REASONS, RequestTable
+
+
+def run(step, trace):
+    table = RequestTable(trace)
+    instance = replay_single_instance(step, table)
+    return table, instance
+
+
+def test_lone_request_latency_equals_step_model(step):
+    inp, out = 433, 109
+    table, instance = run(step, make_trace([5.0], [inp], [out]))
+    prefill_s = step.iteration_s(1, inp, 0, inp, inp * inp)
+    assert table.first_token_s[0] - 5.0 == pytest.approx(prefill_s, rel=1e-12)
+    # Each decode step i (1..out-1) reads the prompt plus the i tokens generated so far.
+    decode_s = [step.iteration_s(1, 1, inp + i) for i in range(1, out)]
+    tpot = (table.finish_s[0] - table.first_token_s[0]) / (out - 1)
+    assert tpot == pytest.approx(sum(decode_s) / (out - 1), rel=1e-12)
+    assert table.status == [FINISHED]
+    # Energy: every joule the instance spent busy is attributed to the only request.
+    assert table.energy_j[0] == pytest.approx(instance.busy_j, rel=1e-12)
+    assert instance.busy_s == pytest.approx(prefill_s + sum(decode_s), rel=1e-12)
+
+
+def test_single_token_output_finishes_at_prefill(step):
+    table, _ = run(step, make_trace([0.0], [100], [1]))
+    assert table.finish_s[0] == table.first_token_s[0] == pytest.approx(step.iteration_s(1, 100, 0, 100, 100**2))
+
+
+def test_md1_queue_mean_wait_matches_pollaczek_khinchine():
+    # One request at a time (max_batch=1) with one output token: each request is one prefill
+    # iteration of fixed length, i.e. a deterministic server: M/D/1.
+    step = make_step(max_batch=1)
+    service_s = step.iteration_s(1, 200, 0, 200, 200**2)
+    rho = 0.6
+    rng = np.random.default_rng(7)
+    n = 60_000
+    arrival = np.cumsum(rng.exponential(service_s / rho, n))
+    table, _ = run(step, make_trace(arrival, np.full(n, 200), np.ones(n, dtype=int)))
+    ttft = np.asarray(table.first_token_s) - arrival
+    expected = service_s + rho * service_s / (2 * (1 - rho))
+    assert ttft.mean() == pytest.approx(expected, rel=0.03)
+
+
+def test_low_load_latency_is_the_unloaded_latency(step):
+    # At 0.05 req/s requests almost never overlap: P50 TTFT is the prefill time of a median prompt.
+    trace = make_trace(np.arange(200) * 20.0, np.full(200, 300), np.full(200, 50))
+    table, _ = run(step, trace)
+    ttft = np.asarray(table.first_token_s) - trace.arrival_s
+    assert np.allclose(ttft, step.iteration_s(1, 300, 0, 300, 300**2), rtol=1e-9)
+
+
+@pytest.mark.parametrize("rate", [2.0, 10.0, 25.0, 60.0])
+def test_fast_path_matches_per_iteration_reference(step, rate):
+    trace = poisson_trace(rate, 500, seed=int(rate))
+    table, instance = run(step, trace)
+    ref = replay_instance(step, trace.arrival_s, trace.input_tokens, trace.output_tokens)
+    assert np.max(np.abs(np.asarray(table.first_token_s) - ref.first_token_s)) < 1e-9
+    assert np.max(np.abs(np.asarray(table.finish_s) - ref.finish_s)) < 1e-9
+    assert instance.busy_j == pytest.approx(ref.busy_j, rel=1e-9)
+    assert sum(table.energy_j) == pytest.approx(instance.busy_j, rel=1e-9)
+
+
+def test_power_cap_binds_and_matches_reference():
+    # A low cap: every iteration's energy is cap x duration.
+    step = make_step(max_power_w=250.0, active_w=240.0, flop_token_j=0.5)
+    trace = poisson_trace(20.0, 300, seed=3)
+    table, instance = run(step, trace)
+    ref = replay_instance(step, trace.arrival_s, trace.input_tokens, trace.output_tokens)
+    assert instance.busy_j == pytest.approx(ref.busy_j, rel=1e-9)
+    assert instance.busy_j == pytest.approx(250.0 * instance.busy_s, rel=1e-9)
+
+
+def test_kv_capacity_and_batch_limits_hold(step):
+    step = make_step(kv_capacity_tokens=3000, max_batch=4)
+    trace = poisson_trace(50.0, 400, seed=11, in_range=(100, 600), out_range=(50, 300))
+    table, _ = run(step, trace)
+    first = np.asarray(table.first_token_s)
+    finish = np.asarray(table.finish_s)
+    need = trace.input_tokens + trace.output_tokens
+    # Sweep over time: requests between first token and finish hold their reservation.
+    events = sorted([(f, 1, i) for i, f in enumerate(first)] + [(e, 0, i) for i, e in enumerate(finish)])
+    held, running = 0, 0
+    for _, kind, i in events:
+        if kind == 1:
+            held += need[i]
+            running += 1
+        else:
+            held -= need[i]
+            running -= 1
+        assert held <= 3000 and running <= 4
+
+
+def test_requests_that_never_fit_are_rejected_with_reason(step):
+    step = make_step(kv_capacity_tokens=1000, max_num_tokens=512)
+    trace = make_trace([0.0, 0.1, 0.2], [400, 900, 600], [100, 200, 10])
+    table, _ = run(step, trace)
+    assert table.status == [FINISHED, REJECTED, REJECTED]
+    assert [REJECT_REASONS[r] for r in table.reason] == ["", "exceeds_kv_capacity", "exceeds_max_num_tokens"]
+    assert table.counts() == {"pending": 0, "finished": 1, "rejected": 2}
+
+
+def test_fifo_order_of_first_tokens_under_saturation(step):
+    trace = poisson_trace(80.0, 300, seed=5)
+    table, _ = run(step, trace)
+    first = np.asarray(table.first_token_s)
+    assert np.all(np.diff(first) >= -1e-12)  # nobody overtakes the head of the queue
+    assert all(math.isfinite(f) for f in table.finish_s)

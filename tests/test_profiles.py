@@ -1,0 +1,104 @@
+"""The profile contract: the shipped set loads and covers what it must; broken sets get clear errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from profiles.catalog import GPUS, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
+from profiles.profile_set import LatencySlo, ProfileError, ProfileSet, default_profile_path, saturation_from_curve
+from profiles.schema import PROVENANCE_KINDS, ConfigKey
+
+
+@pytest.fixture(scope="module")
+def shipped() -> ProfileSet:
+    return ProfileSet.load(default_profile_path())
+
+
+def test_shipped_set_covers_every_deployable_config(shipped):
+    expected = {
+        ConfigKey(g, m, q, tp)
+        for g in GPUS for m in MODELS for q in QUANTS for tp in TENSOR_PARALLEL_DEGREES
+        if unsupported_reason(GPUS[g], MODELS[m], QUANTS[q], tp) is None
+    }
+    assert set(shipped.configs()) == expected
+    assert not any(k.gpu == "a100-40gb" and QUANTS[k.quant].needs_fp8 for k in expected)
+    assert ConfigKey("h100-80gb", "llama2-70b", "fp16", 2) not in expected  # 70B FP16 needs TP4 (paper §4)
+    assert ConfigKey("h100-80gb", "llama2-70b", "fp16", 4) in expected
+    assert len(shipped.quality) == len(MODELS) * len(QUANTS) * 4
+
+
+def test_every_row_of_every_table_has_provenance(shipped):
+    for frame in (shipped.step_models, shipped.curves, shipped.saturation, shipped.quality, shipped.workloads):
+        assert frame["provenance"].isin(PROVENANCE_KINDS).all()
+        assert (frame["source"].str.strip() != "").all()
+
+
+def test_saturation_lookup_matches_curve(shipped):
+    key = ConfigKey("h100-80gb", "llama2-13b", "fp16", 1)
+    searched = shipped.saturation_qps(key, "sharegpt", LatencySlo(1.0, 0.2))
+    from_curve = saturation_from_curve(shipped.curve(key, "sharegpt"), LatencySlo(1.0, 0.2))
+    assert searched > 0
+    assert from_curve == pytest.approx(searched, rel=0.15)
+    # A looser SLO can only raise saturation.
+    assert shipped.saturation_qps(key, "sharegpt", LatencySlo(3.0, 0.2)) >= searched
+
+
+def test_quantization_extends_saturation_on_long_inputs(shipped):
+    fp16 = ConfigKey("h100-80gb", "codellama-34b", "fp16", 1)
+    w4a8 = ConfigKey("h100-80gb", "codellama-34b", "w4a8", 1)
+    slo = LatencySlo(5.0, 0.2)
+    assert shipped.saturation_qps(w4a8, "newsqa", slo) > shipped.saturation_qps(fp16, "newsqa", slo)
+
+
+@pytest.fixture
+def copy(tmp_path):
+    target = tmp_path / "set"
+    shutil.copytree(default_profile_path(), target)
+    return target
+
+
+def test_missing_column_names_file_and_column(copy):
+    frame = pd.read_csv(copy / "quality.csv")
+    frame.drop(columns=["score"]).to_csv(copy / "quality.csv", index=False)
+    with pytest.raises(ProfileError, match=r"quality.csv: missing column\(s\) score"):
+        ProfileSet.load(copy)
+
+
+def test_nan_value_names_file_row_and_field(copy):
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame["weights_s"] = frame["weights_s"].astype(object)
+    frame.loc[4, "weights_s"] = "abc"
+    frame.to_csv(copy / "step_models.csv", index=False)
+    with pytest.raises(ProfileError, match=r"step_models.csv: row 6, field 'weights_s'"):
+        ProfileSet.load(copy)
+
+
+def test_missing_provenance_is_refused(copy):
+    frame = pd.read_csv(copy / "saturation.csv")
+    frame.loc[0, "provenance"] = "guess"
+    frame.to_csv(copy / "saturation.csv", index=False)
+    with pytest.raises(ProfileError, match=r"saturation.csv: row 2, field 'provenance'"):
+        ProfileSet.load(copy)
+    frame.loc[0, "provenance"] = "derived"
+    frame.loc[3, "source"] = " "
+    frame.to_csv(copy / "saturation.csv", index=False)
+    with pytest.raises(ProfileError, match=r"saturation.csv: row 5, field 'source'"):
+        ProfileSet.load(copy)
+
+
+def test_negative_step_value_names_row(copy):
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame.loc[0, "per_seq_s"] = -1.0
+    frame.to_csv(copy / "step_models.csv", index=False)
+    with pytest.raises(ProfileError, match=r"step_models.csv: row 2: step model field 'per_seq_s'"):
+        ProfileSet.load(copy)
+
+
+def test_missing_lookup_names_table(shipped):
+    with pytest.raises(ProfileError, match="no row for config h100-80gb/llama2-7b/fp16/tp3"):
+        shipped.step(ConfigKey("h100-80gb", "llama2-7b", "fp16", 3))
+    with pytest.raises(ProfileError, match="no curve"):
+        shipped.curve(ConfigKey("h100-80gb", "llama2-7b", "fp16", 1), "nosuch")
