@@ -2,7 +2,8 @@
 
     python -m profiles.build_default [--out profiles/default] [--workers 2]
 
-Step models come from a step-model source (the roofline model by default); curves are produced by
+Step models come from a step-model source (TensorRT-LLM kernel tables by default, or ``--source
+roofline`` for the analytic model); curves are produced by
 running ``calibrate.search`` (the same saturation search and sweep that profile real engines) on the
 simulated instance, for every workload and every SLO the case-study configuration uses.
 """
@@ -26,6 +27,9 @@ from tqdm import tqdm
 from calibrate.search import SearchSettings, find_saturation, sweep, sweep_points
 from calibrate.sim_probe import SimulatedProbe
 from profiles.catalog import GPUS, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
+from profiles.kernel_step_model import IterationComposer, kernel_step_model
+from profiles.kernel_tables import SYSTEMS, KernelTables
+from profiles.power_model import derive_power_model, fit_power_model
 from profiles.profile_set import LatencySlo, default_profile_path, write_profile_set
 from profiles.quality import default_quality_table
 from profiles.roofline import ROOFLINE_SOURCE, roofline_step_model
@@ -60,14 +64,34 @@ def case_study_slos() -> dict[str, tuple[LatencySlo, ...]]:
     return {w: tuple(s) for w, s in out.items()}
 
 
-def roofline_configs() -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
-    for gpu in GPUS.values():
+def roofline_configs(gpus: Iterable[str] = ("a100-40gb", "h100-80gb")) -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
+    for gpu in (GPUS[g] for g in gpus):
         for model in MODELS.values():
             for quant in QUANTS.values():
                 for tp in TENSOR_PARALLEL_DEGREES:
                     if unsupported_reason(gpu, model, quant, tp) is None:
                         yield (ConfigKey(gpu.name, model.name, quant.name, tp),
                                roofline_step_model(gpu, model, quant, tp), "derived", ROOFLINE_SOURCE)
+
+
+def kernel_configs() -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
+    """Step models composed from TensorRT-LLM kernel tables, power from the NVML fit (default set)."""
+    tables = {system: KernelTables.load(system, extrapolate=True) for system in SYSTEMS}
+    h100_power = fit_power_model()
+    for system, (_, _, gpu_name) in SYSTEMS.items():
+        gpu = GPUS[gpu_name]
+        power = h100_power if gpu_name == "h100-80gb" else derive_power_model(h100_power, GPUS["h100-80gb"], gpu)
+        for model in MODELS.values():
+            for quant in QUANTS.values():
+                for tp in TENSOR_PARALLEL_DEGREES:
+                    if unsupported_reason(gpu, model, quant, tp) is not None:
+                        continue
+                    comp = IterationComposer(tables[system], tables["a100_sxm"], tables["h100_sxm"], gpu, model, quant, tp)
+                    result = kernel_step_model(comp, power)
+                    source = result.source
+                    if result.clamped_lookups:
+                        source += f"; {result.clamped_lookups} kernel look-ups answered by flagged extrapolation"
+                    yield (ConfigKey(gpu.name, model.name, quant.name, tp), result.step, result.provenance, source)
 
 
 def _lengths(workload: str) -> tuple[np.ndarray, np.ndarray]:
@@ -168,13 +192,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_profile_path())
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--source", choices=("kernels", "roofline"), default="kernels")
     args = parser.parse_args(argv)
-    configs = list(roofline_configs())
+    if args.source == "kernels":
+        configs = list(kernel_configs())
+        description = (
+            "Step models composed from silicon-measured TensorRT-LLM kernel tables (aiconfigurator-core: "
+            "A100-SXM TRT-LLM 1.0.0, H100/H200-SXM TRT-LLM 1.3.0rc20) and fitted to StepModel; methods without "
+            "tables derived by named rules; power from NVML measurements on an H100 (A100/H200 scaled by spec "
+            "ratios). A100-40GB, H100-80GB, H200-141GB; Llama-2 7B/13B/70B, CodeLlama-34B; FP16 + 11 methods; "
+            "TP 1/2/4/8. Curves from the saturation search and sweep on the simulated instance; quality from "
+            "literature and labelled assumptions.")
+    else:
+        configs = list(roofline_configs())
+        description = (
+            "Roofline-derived step models (profiles/roofline.py) for A100-40GB and H100-80GB, Llama-2 7B/13B/70B "
+            "and CodeLlama-34B, FP16 and 11 quantization methods, TP 1/2/4/8; curves from the saturation search "
+            "and sweep on the simulated instance; quality from literature and labelled assumptions.")
     path = build(
-        args.out, configs, args.workers, "default",
-        "Roofline-derived step models (profiles/roofline.py) for A100-40GB and H100-80GB, Llama-2 7B/13B/70B "
-        "and CodeLlama-34B, FP16 and 11 quantization methods, TP 1/2/4/8; curves from the saturation search "
-        "and sweep on the simulated instance; quality from literature and labelled assumptions.",
+        args.out, configs, args.workers, "default", description,
         progress=lambda it: tqdm(it, total=len(configs), desc="profiling configs", unit="config"),
     )
     print(f"wrote {path}")

@@ -30,6 +30,10 @@ class GpuSpec:
     source: str
 
 
+# Mean of the two idle windows measured with NVML on the lent H100 80GB HBM3 (2026-11-24,
+# profiles/measured/h100_power/h100_power.csv).
+H100_IDLE_W = 125.7
+
 GPUS: dict[str, GpuSpec] = {
     "a100-40gb": GpuSpec(
         name="a100-40gb",
@@ -39,9 +43,8 @@ GPUS: dict[str, GpuSpec] = {
         fp8_tflops=None,
         memory_bandwidth_gbps=1600.0,
         tdp_w=400.0,
-        # derived: H100 idle measured 110 W (shared/notes/device-h100-engine.md, NVML, 2026-11-22)
-        # scaled by the TDP ratio 400/700.
-        idle_w=110.0 * 400.0 / 700.0,
+        # derived: H100 idle measured with NVML (profiles/measured/h100_power/) scaled by TDP 400/700.
+        idle_w=H100_IDLE_W * 400.0 / 700.0,
         nvlink_gbps=300.0,
         source=f"literature: {PAPER}, Table 3 (dense = half the sparse peak); NVLink 600 GB/s "
         "bidirectional (NVIDIA A100 datasheet); idle derived from H100 idle x 400/700",
@@ -54,11 +57,25 @@ GPUS: dict[str, GpuSpec] = {
         fp8_tflops=3958.0 / 2,
         memory_bandwidth_gbps=3350.0,
         tdp_w=700.0,
-        idle_w=110.0,
+        idle_w=H100_IDLE_W,
         nvlink_gbps=450.0,
         source=f"literature: {PAPER}, Table 3 (dense = half the sparse peak); FP8 = INT8 peak and "
-        "NVLink 900 GB/s bidirectional (NVIDIA H100 SXM datasheet); idle 110 W measured with NVML "
-        "on an H100 80GB HBM3 (shared/notes/device-h100-engine.md, 2026-11-22)",
+        "NVLink 900 GB/s bidirectional (NVIDIA H100 SXM datasheet); idle measured with NVML on an "
+        "H100 80GB HBM3 (profiles/measured/h100_power/h100_power.csv, 2026-11-24)",
+    ),
+    "h200-141gb": GpuSpec(
+        name="h200-141gb",
+        memory_gb=141.0,
+        fp16_tflops=1979.0 / 2,
+        int8_tops=3958.0 / 2,
+        fp8_tflops=3958.0 / 2,
+        memory_bandwidth_gbps=4800.0,
+        tdp_w=700.0,
+        idle_w=H100_IDLE_W,
+        nvlink_gbps=450.0,
+        source="literature: NVIDIA H200 SXM datasheet (141 GB HBM3e, 4.8 TB/s, 700 W, same GH100 tensor "
+        "cores as H100; dense = half the sparse peak); idle derived: the H100's NVML-measured idle "
+        "(same die and TDP)",
     ),
 }
 

@@ -176,9 +176,27 @@ class ProfileSet:
         return saturation_from_curve(self.curve(key, workload), slo)
 
     def energy_per_token_j(self, key: ConfigKey, workload: str, qps: float) -> float:
-        """Energy per output token of one replica at a load, interpolated on its curve."""
+        """Energy per output token of one replica at a load, interpolated on its curve.
+
+        Above the curve's highest point there is no answer (an error, not a clamp). Below its lowest
+        point the replica is mostly idle: power falls linearly towards ``idle_w`` with the load and
+        tokens fall in proportion, which is what the curve's own low end does."""
         curve = self.curve(key, workload)
-        return float(np.interp(qps, curve["qps"].to_numpy(), curve["energy_per_output_token_j"].to_numpy()))
+        qps_points = curve["qps"].to_numpy()
+        energy = curve["energy_per_output_token_j"].to_numpy()
+        if qps > qps_points[-1] * (1 + 1e-9):
+            raise ProfileError(
+                f"{self.path}/curves.parquet: {key.label} on '{workload}' is measured up to "
+                f"{qps_points[-1]:.3g} req/s; {qps:.3g} req/s is beyond the curve"
+            )
+        if qps >= qps_points[0]:
+            return float(np.interp(qps, qps_points, energy))
+        q0 = float(qps_points[0])
+        power0 = float(curve["mean_power_w"].iloc[0])
+        tokens0 = float(curve["output_tokens_per_s"].iloc[0])
+        idle = self.step(key).idle_w
+        load = max(qps, 1e-9) / q0
+        return (idle + (power0 - idle) * load) / (tokens0 * load)
 
 
 def saturation_from_curve(curve: pd.DataFrame, slo: LatencySlo) -> float:

@@ -74,12 +74,13 @@ def test_replanning_reconfigures_and_pays_the_load_delay(profiles):
 
 @pytest.mark.parametrize("router", ["round_robin", "least_outstanding"])
 def test_routers_spread_load_over_replicas(profiles, router):
-    trace = small_trace(rate=60.0)
+    trace = small_trace(rate=200.0, duration=60.0)
     result = simulate(trace, TASKS, Fp16Only(), profiles, ClusterSettings(router=router, replan_interval_s=None))
     frame = requests_frame(result)
-    chat = frame[frame.task == "chat-s"]
-    counts = chat.groupby("instance").size()
-    assert len(counts) >= 2
+    plan = max(result.deployments[0][1].plans, key=lambda p: p.dp)
+    assert plan.dp >= 2
+    counts = frame[frame.task == plan.task].groupby("instance").size()
+    assert len(counts) == plan.dp
     assert counts.min() > 0.5 * counts.mean()
 
 

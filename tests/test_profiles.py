@@ -102,3 +102,15 @@ def test_missing_lookup_names_table(shipped):
         shipped.step(ConfigKey("h100-80gb", "llama2-7b", "fp16", 3))
     with pytest.raises(ProfileError, match="no curve"):
         shipped.curve(ConfigKey("h100-80gb", "llama2-7b", "fp16", 1), "nosuch")
+
+
+def test_energy_curve_lookup_never_clamps_silently(shipped):
+    key = ConfigKey("h100-80gb", "llama2-13b", "fp16", 1)
+    curve = shipped.curve(key, "sharegpt")
+    top, low = float(curve.qps.iloc[-1]), float(curve.qps.iloc[0])
+    with pytest.raises(ProfileError, match="beyond the curve"):
+        shipped.energy_per_token_j(key, "sharegpt", top * 1.5)
+    # Below the curve a mostly idle replica spends more per token, growing as the load falls.
+    at_low = shipped.energy_per_token_j(key, "sharegpt", low)
+    assert at_low == pytest.approx(float(curve.energy_per_output_token_j.iloc[0]), rel=1e-9)
+    assert shipped.energy_per_token_j(key, "sharegpt", low / 10) > 5 * at_low
