@@ -1,15 +1,22 @@
 """One simulation run: a trace replayed over per-task pools under a policy.
 
-SimPy processes: one feeds arrivals in trace order to their task's pool; one re-plans every window;
-each replica runs its own engine loop (``sim.instance``). At the end every request is finished or
-rejected with a reason, and the totals are checked.
+Two planes. The control plane is SimPy: a process re-plans every window, and the pools schedule
+model-load completions and GPU releases as events (``sim.pool``). The data plane is a plain loop
+over the trace's arrays: each arrival goes, in order, to its task's pool, whose router hands it to a
+replica; replicas are advanced lazily up to the arrival (``sim.instance``), so no event, process or
+object is created per request or per iteration. Control events due at or before an arrival are
+processed before it. At the end every request is finished or rejected with a reason, and the totals
+are checked.
+
+``simulate`` holds the whole trace and its outcomes in memory; ``sim.stream.simulate_stream`` runs the
+same planes over a trace read in chunks, keeping only the requests in flight.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import simpy
@@ -18,7 +25,8 @@ from profiles.catalog import GPUS, MODELS, QUANTS, weight_bytes
 from profiles.profile_set import ProfileSet
 from profiles.schema import ConfigKey
 from sim.deployment import Deployment, PlanContext, TaskSpec
-from sim.instance import Instance
+from sim.instance import MAX_REQUEST_ID, Instance
+from sim.planning import CachedProfiles
 from sim.policies import Policy
 from sim.pool import Pool
 from sim.requests import PENDING, RequestTable
@@ -73,11 +81,45 @@ class RunResult:
     reconfigurations: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class StreamRunResult:
+    """A streamed run: everything ``RunResult`` has but the trace and the per-request table, which
+    went to the sink batch by batch (``sim.stream``)."""
+
+    source: str
+    tasks: tuple[TaskSpec, ...]
+    requests: int
+    instances: list[Instance]
+    instance_task: dict[int, str]
+    gpu_events: list[tuple[float, str, int]]
+    deployments: list[tuple[float, Deployment]]
+    end_s: float
+    instance_quality: dict[int, float]
+    reconfigurations: dict[str, int] = field(default_factory=dict)
+    peak_in_flight: int = 0  # most requests held in memory at once
+
+
+class ArrivalCounter(Protocol):
+    def count(self, task_id: int, lo_s: float, hi_s: float) -> int:
+        """Arrivals of one task in ``[lo_s, hi_s)``."""
+
+
+class TraceCounter:
+    """Per-task arrival counts of an in-memory trace."""
+
+    def __init__(self, trace: Trace):
+        self._by_task = [trace.arrival_s[trace.task == task_id] for task_id in range(len(trace.task_names))]
+
+    def count(self, task_id: int, lo_s: float, hi_s: float) -> int:
+        arrivals = self._by_task[task_id]
+        return int(np.searchsorted(arrivals, hi_s, "left") - np.searchsorted(arrivals, lo_s, "left"))
+
+
 class LoadEstimator:
     """Per-task request rate for a planning window, from the trace (oracle) or the last window."""
 
-    def __init__(self, trace: Trace, window_s: float, mode: str):
-        self.trace = trace
+    def __init__(self, counter: ArrivalCounter | Trace, window_s: float, mode: str):
+        self.counter = TraceCounter(counter) if isinstance(counter, Trace) else counter
         self.window_s = window_s
         self.mode = mode
 
@@ -86,9 +128,116 @@ class LoadEstimator:
             lo, hi = start_s - self.window_s, start_s
         else:
             lo, hi = start_s, start_s + self.window_s
-        arrivals = self.trace.arrival_s[self.trace.task == task_id]
-        count = np.searchsorted(arrivals, hi, "left") - np.searchsorted(arrivals, lo, "left")
-        return float(count) / self.window_s
+        return float(self.counter.count(task_id, lo, hi)) / self.window_s
+
+
+FEED_BLOCK = 1 << 16  # arrivals routed between two progress reports / ring flushes
+
+
+class _Run:
+    """One run's control plane (SimPy: re-planning, model loads, releases) and data plane (arrivals
+    routed in trace order to lazily advanced replicas), shared by the in-memory and streamed paths."""
+
+    def __init__(self, task_names: tuple[str, ...], tasks: tuple[TaskSpec, ...], policy: Policy,
+                 profiles: ProfileSet, settings: ClusterSettings, requests, counter: ArrivalCounter,
+                 last_arrival_s: float, duration_s: float, source: str):
+        by_name = {t.name: t for t in tasks}
+        missing = [name for name in task_names if name not in by_name]
+        if missing:
+            raise ValueError(f"trace {source!r} has task(s) {missing} with no pool; configured tasks: {sorted(by_name)}")
+        for gpu in settings.gpu_types:
+            if gpu not in GPUS and not any(k.gpu == gpu for k in profiles.configs()):
+                raise ValueError(f"cluster.gpu_types: unknown GPU '{gpu}'")
+        self.tasks = tasks
+        self.task_names = task_names
+        self.policy = policy
+        self.profiles = profiles if isinstance(profiles, CachedProfiles) else CachedProfiles(profiles)
+        self.settings = settings
+        self.requests = requests
+        self.env = env = simpy.Environment()
+        self.last_arrival_s = last_arrival_s
+        self.horizon_s = last_arrival_s + settings.drain_limit_s
+        self.gpu_events: list[tuple[float, str, int]] = []
+        ids = itertools.count()
+        self.pools = {
+            t.name: Pool(
+                env, t, make_router(settings.router), self.profiles, requests, lambda: next(ids),
+                settings.model_load_s, lambda task, now, delta: self.gpu_events.append((now, task, delta)),
+                settings.max_queue, self.horizon_s,
+            )
+            for t in tasks
+        }
+        self.task_pool = [self.pools[name] for name in task_names]
+        self.window_s = settings.replan_interval_s or max(duration_s, 1.0)
+        self.estimator = LoadEstimator(counter, self.window_s, settings.load_estimate)
+        self.deployments: list[tuple[float, Deployment]] = []
+        self.now_s = 0.0  # the arrival clock, advanced as SimPy would: now + (arrival - now)
+        self.routed = 0
+
+    def start(self) -> None:
+        self._plan_now(initial=True)
+        if self.settings.replan_interval_s is not None:
+            self.env.process(self._replanner())
+
+    def _plan_now(self, initial: bool) -> None:
+        env = self.env
+        load = {t.name: 0.0 for t in self.tasks}
+        for task_id, name in enumerate(self.task_names):
+            load[name] = self.estimator.rate_qps(task_id, env.now)
+        deployment = self.policy.plan(PlanContext(self.tasks, load, self.profiles, self.settings.gpu_types, env.now))
+        self.deployments.append((env.now, deployment))
+        for plan in deployment.plans:
+            self.pools[plan.task].apply(plan, initial=initial)
+
+    def _replanner(self):
+        env = self.env
+        while True:
+            yield env.timeout(self.window_s)
+            if env.now >= self.last_arrival_s:
+                return
+            self._plan_now(initial=False)
+
+    def feed(self, first_rid: int, arrival_s: list[float], task: list[int]) -> None:
+        """Route requests ``first_rid, first_rid + 1, ...`` in arrival order; control events due
+        at or before an arrival happen first."""
+        if first_rid + len(arrival_s) - 1 > MAX_REQUEST_ID:
+            raise ValueError(f"more than {MAX_REQUEST_ID + 1} requests in one run")
+        env = self.env
+        pools = self.task_pool
+        now = self.now_s
+        control_s = env.peek()
+        rid = first_rid
+        for a, k in zip(arrival_s, task):
+            delay = a - now
+            if delay > 0:
+                now = now + delay
+            if now >= control_s:
+                while env.peek() <= now:
+                    env.step()
+                control_s = env.peek()
+            pools[k].route(rid, now)
+            rid += 1
+        self.now_s = now
+        self.routed = rid
+
+    def finish(self) -> None:
+        """Run the control plane to the horizon and every replica up to it."""
+        self.env.run(until=self.horizon_s)
+        for pool in self.pools.values():
+            for inst in pool.all_instances:
+                inst.advance(self.horizon_s)
+
+    def outcome(self) -> dict:
+        instances = [inst for pool in self.pools.values() for inst in pool.all_instances]
+        instance_task = {inst.instance_id: name for name, pool in self.pools.items() for inst in pool.all_instances}
+        instance_quality = {}
+        for name, pool in self.pools.items():
+            for inst in pool.all_instances:
+                key = pool.key_of[inst.instance_id]
+                instance_quality[inst.instance_id] = self.profiles.quality_score(key.model, key.quant, name)
+        return dict(instances=instances, instance_task=instance_task, gpu_events=self.gpu_events,
+                    deployments=self.deployments, instance_quality=instance_quality,
+                    reconfigurations={name: pool.reconfigurations for name, pool in self.pools.items()})
 
 
 def simulate(
@@ -101,92 +250,28 @@ def simulate(
 ) -> RunResult:
     """Replay ``trace`` and return everything measured; raises if any request is unaccounted for."""
     tasks = tuple(tasks)
-    by_name = {t.name: t for t in tasks}
-    missing = [name for name in trace.task_names if name not in by_name]
-    if missing:
-        raise ValueError(f"trace {trace.source!r} has task(s) {missing} with no pool; configured tasks: {sorted(by_name)}")
-    for gpu in settings.gpu_types:
-        if gpu not in GPUS and not any(k.gpu == gpu for k in profiles.configs()):
-            raise ValueError(f"cluster.gpu_types: unknown GPU '{gpu}'")
-
-    env = simpy.Environment()
     requests = RequestTable(trace)
-    gpu_events: list[tuple[float, str, int]] = []
-    ids = itertools.count()
-    pools = {
-        t.name: Pool(
-            env, t, make_router(settings.router), profiles, requests, lambda: next(ids), settings.model_load_s,
-            lambda task, now, delta: gpu_events.append((now, task, delta)), settings.max_queue,
-        )
-        for t in tasks
-    }
-    task_pool = [pools[name] for name in trace.task_names]
-    window = settings.replan_interval_s or max(trace.duration_s, 1.0)
-    estimator = LoadEstimator(trace, window, settings.load_estimate)
-    deployments: list[tuple[float, Deployment]] = []
-
-    def plan_now(initial: bool) -> None:
-        load = {t.name: 0.0 for t in tasks}
-        for task_id, name in enumerate(trace.task_names):
-            load[name] = estimator.rate_qps(task_id, env.now)
-        deployment = policy.plan(PlanContext(tasks, load, profiles, settings.gpu_types, env.now))
-        deployments.append((env.now, deployment))
-        for plan in deployment.plans:
-            pools[plan.task].apply(plan, initial=initial)
-
-    def arrivals():
-        arrival_s = requests.arrival_s
-        task = requests.task
-        for rid in range(requests.n):
-            delay = arrival_s[rid] - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            task_pool[task[rid]].route(rid)
-
     last_arrival = float(trace.arrival_s[-1]) if len(trace) else 0.0
-
-    def replanner():
-        while True:
-            yield env.timeout(window)
-            if env.now >= last_arrival:
-                return
-            plan_now(initial=False)
-
-    def reporter():
-        step = max(last_arrival / 100.0, 1.0)
-        while env.now < last_arrival:
-            yield env.timeout(step)
-            progress(min(env.now, last_arrival))
-
-    plan_now(initial=True)
-    env.process(arrivals())
-    if settings.replan_interval_s is not None:
-        env.process(replanner())
-    if progress is not None:
-        env.process(reporter())
-    env.run(until=last_arrival + settings.drain_limit_s)
+    run = _Run(trace.task_names, tasks, policy, profiles, settings, requests, TraceCounter(trace),
+               last_arrival, trace.duration_s, trace.source)
+    run.start()
+    for lo in range(0, requests.n, FEED_BLOCK):
+        hi = min(lo + FEED_BLOCK, requests.n)
+        run.feed(lo, requests.arrival_s[lo:hi], requests.task[lo:hi])
+        if progress is not None:
+            progress(min(run.now_s, last_arrival))
+    run.finish()
 
     finished_end = max((f for f in requests.finish_s if f == f), default=0.0)
     end_s = max(last_arrival, finished_end)
     for rid in range(requests.n):
         if requests.status[rid] == PENDING:
-            requests.reject(rid, "unfinished_at_end", env.now)
-            end_s = env.now
+            requests.reject(rid, "unfinished_at_end", run.env.now)
+            end_s = run.env.now
     counts = requests.counts()
     if counts["finished"] + counts["rejected"] != requests.n or counts["pending"]:
         raise AssertionError(f"request conservation broken: {counts} for {requests.n} requests")
-
-    instances = [inst for pool in pools.values() for inst in pool.all_instances]
-    instance_task = {inst.instance_id: name for name, pool in pools.items() for inst in pool.all_instances}
-    instance_quality = {}
-    for name, pool in pools.items():
-        for inst in pool.all_instances:
-            key = pool.key_of[inst.instance_id]
-            instance_quality[inst.instance_id] = profiles.quality_score(key.model, key.quant, name)
-    return RunResult(
-        trace, tasks, requests, instances, instance_task, gpu_events, deployments, end_s, instance_quality,
-        {name: pool.reconfigurations for name, pool in pools.items()},
-    )
+    return RunResult(trace=trace, tasks=tasks, requests=requests, end_s=end_s, **run.outcome())
 
 
 def gpus_over_time(result: RunResult, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,8 @@ from sim.deployment import TaskSpec
 from sim.policies import Policy, make_policy
 from sim.router import ROUTERS
 from traces.azure import load_azure_trace, load_shipped_trace
-from traces.case_study import CaseStudyTraceSpec, build_case_study_trace
+from traces.case_study import DEFAULT_MIX, CaseStudyTraceSpec, build_case_study_trace
+from traces.stream import WEEK_S, AzureWeekSpec, AzureWeekTrace, TraceStream
 from traces.trace import Trace, TraceError
 from traces.transform import scale_to_rate, slice_time, tile
 from traces.workloads import UnknownWorkloadError, workload_lengths
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TraceConf:
-    kind: str = "case_study"  # case_study | azure
+    kind: str = "case_study"  # case_study | azure | azure_week
     total_rate_qps: float = 120.0
     duration_s: Optional[float] = 3600.0
     arrival: str = "poisson"
@@ -38,6 +39,9 @@ class TraceConf:
     task: str = "chat-s"
     target_rate_qps: Optional[float] = None
     diurnal_period_s: Optional[float] = None
+    peak_rate_qps: float = 100.0  # azure_week: the diurnal rate's peak
+    peak_to_trough: float = 2.0  # azure_week
+    chunk_s: float = 3600.0  # azure_week: generated (and held) one chunk at a time
 
 
 @dataclass
@@ -90,6 +94,7 @@ class SloConf:
 class OutputsConf:
     per_request: bool = True
     figures: bool = True
+    streaming: Optional[bool] = None  # null: stream traces built in chunks (azure_week), hold others in memory
 
 
 @dataclass
@@ -107,9 +112,9 @@ class SimConf:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one simulation needs, validated."""
+    """Everything one simulation needs, validated. ``trace`` is a ``TraceStream`` for chunked traces."""
 
-    trace: Trace
+    trace: Trace | TraceStream
     tasks: tuple[TaskSpec, ...]
     policy: Policy
     profiles: ProfileSet
@@ -120,8 +125,22 @@ def _fail(key: str, why: str) -> ConfigError:
     return ConfigError(f"config key '{key}': {why}")
 
 
-def build_trace(cfg: Any, seed: int) -> Trace:
+def build_trace(cfg: Any, seed: int) -> Trace | TraceStream:
     t = cfg
+    if t.kind == "azure_week":
+        try:
+            spec = AzureWeekSpec(
+                duration_s=float(t.duration_s) if t.duration_s is not None else WEEK_S,
+                peak_rate_qps=float(t.peak_rate_qps),
+                peak_to_trough=float(t.peak_to_trough),
+                period_s=float(t.diurnal_period_s) if t.diurnal_period_s is not None else 86_400.0,
+                mix=dict(t.mix) if t.mix else DEFAULT_MIX,
+                seed=int(seed),
+                chunk_s=float(t.chunk_s),
+            )
+        except ValueError as exc:
+            raise _fail("trace", str(exc).replace("AzureWeekSpec.", "trace.")) from None
+        return AzureWeekTrace(spec)
     if t.kind == "case_study":
         try:
             spec = CaseStudyTraceSpec(
@@ -157,7 +176,7 @@ def build_trace(cfg: Any, seed: int) -> Trace:
                 raise _fail("trace.duration_s", f"must be > 0, got {t.duration_s}")
             trace = slice_time(tile(trace, float(t.duration_s)), 0.0, float(t.duration_s))
         return trace
-    raise _fail("trace.kind", f"'{t.kind}' is not one of ['case_study', 'azure']")
+    raise _fail("trace.kind", f"'{t.kind}' is not one of ['case_study', 'azure', 'azure_week']")
 
 
 def build_tasks(cfg: Any) -> tuple[TaskSpec, ...]:

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sim.cluster import RunResult, gpus_over_time  # noqa: E402
+from sim.deployment import TaskSpec  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,16 +40,40 @@ def plot_gpus_over_time(result: RunResult, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+CDF_POINTS = 1000  # a CDF drawn through this many quantiles looks the same as one through every value
+
+
+def empirical_cdf(values: np.ndarray, points: int = CDF_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted values, cumulative fraction), thinned to ``points`` evenly spaced ranks."""
+    values = np.sort(values[np.isfinite(values)])
+    n = values.size
+    if n == 0:
+        return values, values
+    ranks = np.unique(np.linspace(0, n - 1, min(points, n)).round().astype(np.int64))
+    return values[ranks], (ranks + 1) / n
+
+
 def plot_latency_cdfs(result: RunResult, frame: pd.DataFrame, path: Path, title: str = "") -> Path:
+    curves = {}
+    for spec in result.tasks:
+        rows = frame["task"] == spec.name
+        curves[spec.name] = {metric: empirical_cdf(frame.loc[rows, metric].to_numpy(dtype=float))
+                             for metric in ("ttft_s", "tpot_s")}
+    return plot_latency_cdf_curves(result.tasks, curves, path, title)
+
+
+def plot_latency_cdf_curves(tasks: Sequence[TaskSpec], curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+                            path: Path, title: str = "") -> Path:
+    """Per task, TTFT and TPOT CDFs given as (values, cumulative fraction), with the SLOs dotted."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for metric, ax, slo_attr in (("ttft_s", axes[0], "ttft_s"), ("tpot_s", axes[1], "tpot_s")):
-        for i, spec in enumerate(result.tasks):
-            values = np.sort(frame.loc[frame["task"] == spec.name, metric].dropna().to_numpy())
+    for metric, ax in (("ttft_s", axes[0]), ("tpot_s", axes[1])):
+        for i, spec in enumerate(tasks):
+            values, fraction = curves.get(spec.name, {}).get(metric, (np.array([]), np.array([])))
             if values.size == 0:
                 continue
             color = f"C{i}"
-            ax.plot(values, np.arange(1, values.size + 1) / values.size, color=color, label=spec.name)
-            ax.axvline(getattr(spec.slo, slo_attr), color=color, linestyle=":", linewidth=1)
+            ax.plot(values, fraction, color=color, label=spec.name)
+            ax.axvline(getattr(spec.slo, metric), color=color, linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel(f"{metric[:-2].upper()} (s); dotted: SLO")
         ax.set_ylabel("fraction of requests")
@@ -61,7 +86,7 @@ def plot_latency_cdfs(result: RunResult, frame: pd.DataFrame, path: Path, title:
 
 def plot_policy_comparison(rows: Sequence[dict], path: Path) -> Path:
     """Energy per output token (with and without idle) and average GPUs per policy."""
-    names = [r["policy"] for r in rows]
+    names = [r.get("run", r["policy"]) for r in rows]
     x = np.arange(len(rows))
     fig, (ax_e, ax_g) = plt.subplots(1, 2, figsize=(11, 4))
     ax_e.bar(x - 0.2, [r["energy_per_output_token_j"] for r in rows], 0.4, label="incl. idle GPUs")

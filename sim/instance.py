@@ -12,113 +12,162 @@ chunked prefill):
 * a request finishes at the end of the iteration that produces its last token and frees its KV.
 
 Between changes of batch composition the decode iterations are deterministic, so the instance jumps
-over the whole stretch up to the next completion in one event (closed form in ``StepModel``); an
+over the whole stretch up to the next completion in one step (closed form in ``StepModel``); an
 arrival that could be admitted cuts the stretch at the iteration boundary that follows it.
 Energy: every iteration's energy comes from the step model; between iterations, and while the model
 loads, the GPUs draw ``idle_w``.
+
+How it runs. A replica is a state machine advanced lazily: ``next_s`` is the time of its next
+decision point (the end of the prefill iteration or decode stretch in flight, or a wake-up), and
+``advance(t)`` processes every decision point before ``t``. Replicas interact with the rest of the
+cluster only when a request is routed to them and when the control plane (model loaded, drained)
+touches them, so the cluster advances a replica only then: work is O(arrivals + completions +
+reconfigurations), with no event object, process or callback per iteration. Times follow the same
+floating-point arithmetic as a SimPy process would (``now + delay``), so results are identical to the
+event-per-stretch formulation, and ``sim.reference`` checks them against a per-iteration replay.
+
+Per-request state lives in the request table's columns (slot = ``rid & table.mask``); a running
+request is one int on the heap, ``finish_iteration << 32 | rid``.
 """
 
 from __future__ import annotations
 
-import heapq
+import math
 from collections import deque
+from heapq import heappop, heappush
 from typing import Callable
 
-import simpy
-
 from profiles.step_model import StepModel
-from sim.requests import FINISHED, RequestTable
+from sim.requests import FINISHED, REASON_CODE, REJECTED, RequestTable
 
-# Process states, as seen by arrivals.
-_LOADING, _IDLE, _WAKING, _BUSY, _STRETCH, _CUT, _RELEASED = range(7)
+INF = math.inf
+_RID_BITS = 32
+_RID_MASK = (1 << _RID_BITS) - 1
+MAX_REQUEST_ID = _RID_MASK
+
+# What the replica is doing until ``next_s``.
+_OP_NONE, _OP_MIXED, _OP_STRETCH = 0, 1, 2
+
+_KV_CAPACITY = REASON_CODE["exceeds_kv_capacity"]
+_MAX_NUM_TOKENS = REASON_CODE["exceeds_max_num_tokens"]
+_QUEUE_FULL = REASON_CODE["queue_full"]
 
 
 class Instance:
     """A replica of a config; owns its queue, batch and energy counters."""
 
+    __slots__ = (
+        "instance_id", "label", "gpus", "step", "requests", "max_queue", "_on_release",
+        "alloc_s", "ready_s", "release_s", "accepting", "ready", "released", "serving",
+        "busy_s", "busy_j", "tokens_out", "outstanding", "waiting", "next_s",
+        "_heap", "_kv_offset", "_kv_reserved", "_iteration", "_energy_per_token_j",
+        "_op", "_cuttable", "_new", "_op_batch", "_op_i", "_op_kv0", "_op_k", "_op_start", "_op_s", "_op_j",
+        "_op_tokens",
+    )
+
     def __init__(
         self,
-        env: simpy.Environment,
         instance_id: int,
         label: str,
         gpus: int,
         step: StepModel,
         requests: RequestTable,
+        alloc_s: float,
         ready_s: float,
         max_queue: int | None = None,
-        on_ready: Callable[["Instance"], None] | None = None,
         on_release: Callable[["Instance"], None] | None = None,
     ):
-        self.env = env
         self.instance_id = instance_id
         self.label = label
         self.gpus = gpus
         self.step = step
         self.requests = requests
         self.max_queue = max_queue
-        self._on_ready = on_ready
         self._on_release = on_release
 
-        self.alloc_s = env.now
-        self.ready_s = max(ready_s, env.now)
+        self.alloc_s = alloc_s
+        self.ready_s = max(ready_s, alloc_s)
         self.release_s: float | None = None
         self.accepting = True  # false once drained: the router stops sending it work
+        self.ready = self.ready_s <= alloc_s  # a replica ready at creation serves at once
+        self.released = False
+        self.serving = self.ready  # accepting, model loaded, not released: what routers look at
         self.busy_s = 0.0
         self.busy_j = 0.0
         self.tokens_out = 0
+        self.outstanding = 0  # waiting + running: what least-outstanding routing compares
 
         self.waiting: deque[int] = deque()
-        self._heap: list[tuple[int, int]] = []  # (finish iteration, request id) of decoding requests
+        self.next_s = INF  # next decision point; INF while idle or loading
+        self._heap: list[int] = []  # finish_iteration << 32 | rid of decoding requests
         self._kv_offset = 0  # sum over decoders of (input tokens - admission iteration)
         self._kv_reserved = 0
         self._iteration = 0
         self._energy_per_token_j = 0.0  # cumulative energy share of one decode token
-        self._in_prefill = 0
-        self.outstanding = 0  # waiting + running: what least-outstanding routing compares
+        self._op = _OP_NONE
+        self._cuttable = False  # a decode stretch an admissible arrival may cut short
+        self._new: list[int] = []  # requests prefilled by the iteration in flight
+        self._op_batch = 0
+        self._op_i = 0
+        self._op_kv0 = 0
+        self._op_k = 0
+        self._op_start = 0.0
+        self._op_s = 0.0
+        self._op_j = 0.0
+        self._op_tokens = 0
 
-        # A replica ready at creation serves at once, even before its process first runs.
-        self._state = _BUSY if self.ready_s <= env.now else _LOADING
-        self._wake: simpy.Event | None = None
-        self.process = env.process(self._run())
+    # --- what the router and the pool call ---------------------------------------------------------
 
-    # --- what the router calls --------------------------------------------------------------------
-
-    @property
-    def serving(self) -> bool:
-        return self.accepting and self._state not in (_LOADING, _RELEASED)
-
-    def enqueue(self, rid: int) -> None:
-        """Accept a request now; it waits for the next iteration boundary."""
+    def enqueue(self, rid: int, now_s: float) -> None:
+        """Accept a request at ``now_s``; it waits for the next iteration boundary."""
+        if self.next_s < now_s:
+            self.advance(now_s)
         req = self.requests
+        slot = rid & req.mask
         step = self.step
-        inp = req.input_tokens[rid]
-        if inp + req.output_tokens[rid] > step.kv_capacity_tokens:
-            req.reject(rid, "exceeds_kv_capacity", self.env.now)
+        inp = req.input_tokens[slot]
+        need = inp + req.output_tokens[slot]
+        if need > step.kv_capacity_tokens:
+            reason = _KV_CAPACITY
+        elif inp > step.max_num_tokens:
+            reason = _MAX_NUM_TOKENS
+        elif self.max_queue is not None and len(self.waiting) >= self.max_queue:
+            reason = _QUEUE_FULL
+        else:
+            req.instance[slot] = self.instance_id
+            was_empty = not self.waiting
+            self.waiting.append(rid)
+            self.outstanding += 1
+            if self.next_s == INF:  # idle: wake at once (after every arrival of this instant)
+                self.next_s = now_s
+            elif (self._cuttable and was_empty and len(self._heap) < step.max_batch
+                  and self._kv_reserved + need <= step.kv_capacity_tokens):
+                self._cut(now_s)
             return
-        if inp > step.max_num_tokens:
-            req.reject(rid, "exceeds_max_num_tokens", self.env.now)
-            return
-        if self.max_queue is not None and len(self.waiting) >= self.max_queue:
-            req.reject(rid, "queue_full", self.env.now)
-            return
-        req.instance[rid] = self.instance_id
-        was_empty = not self.waiting
-        self.waiting.append(rid)
-        self.outstanding += 1
-        state = self._state
-        if state == _IDLE:
-            self._state = _WAKING
-            self._wake.succeed()
-        elif state == _STRETCH and was_empty and self._admissible(rid):
-            self._state = _CUT
-            self.process.interrupt()
+        req.status[slot] = REJECTED
+        req.reason[slot] = reason
+        req.finish_s[slot] = now_s
 
-    def drain(self) -> None:
+    def mark_ready(self) -> None:
+        """The model has loaded; the replica serves from now on (unless it was drained meanwhile)."""
+        self.ready = True
+        self.serving = self.accepting and not self.released
+
+    def drain(self, now_s: float) -> None:
         """Stop taking new requests; release the GPUs once the queued and running work is done."""
+        if self.next_s < now_s:
+            self.advance(now_s)
         self.accepting = False
-        if self._state == _IDLE:
-            self._state = _WAKING
-            self._wake.succeed()
+        self.serving = False
+        if self.ready and not self.released and self.next_s == INF:
+            self.release(now_s)
+
+    def release(self, now_s: float) -> None:
+        self.released = True
+        self.serving = False
+        self.release_s = now_s
+        if self._on_release is not None:
+            self._on_release(self)
 
     # --- energy bookkeeping ----------------------------------------------------------------------
 
@@ -128,161 +177,181 @@ class Instance:
         idle_s = max(end - self.alloc_s - self.busy_s, 0.0)
         return self.busy_j, self.step.idle_w * idle_s
 
-    # --- the engine loop --------------------------------------------------------------------------
+    # --- the engine ------------------------------------------------------------------------------
 
-    def _admissible(self, rid: int) -> bool:
-        req = self.requests
-        return (
-            len(self._heap) + self._in_prefill < self.step.max_batch
-            and self._kv_reserved + req.input_tokens[rid] + req.output_tokens[rid] <= self.step.kv_capacity_tokens
-        )
-
-    def _admit(self) -> list[int]:
-        req = self.requests
+    def _cut(self, now_s: float) -> None:
+        """An admissible arrival during a decode stretch: stop at the boundary ending the iteration in flight."""
         step = self.step
+        batch, kv0, start = self._op_batch, self._op_kv0, self._op_start
+        k = step.decode_iterations_until(batch, kv0, now_s - start)
+        duration = step.decode_stretch_s(batch, kv0, k)
+        remaining = start + duration - now_s
+        self._op_k = k
+        self._op_s = duration
+        self.next_s = now_s + remaining if remaining > 0.0 else now_s
+        self._cuttable = False
+
+    def advance(self, until_s: float) -> None:
+        """Process every decision point before ``until_s``: finish what is in flight, admit, start the next."""
+        next_s = self.next_s
+        if next_s >= until_s:
+            return
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        out_col = req.output_tokens
+        first_col = req.first_token_s
+        finish_col = req.finish_s
+        status_col = req.status
+        energy_col = req.energy_j
+        step = self.step
+        kv_capacity = step.kv_capacity_tokens
+        max_batch = step.max_batch
+        max_num_tokens = step.max_num_tokens
+        heap = self._heap
         waiting = self.waiting
-        room = step.max_batch - len(self._heap)
-        budget = step.max_num_tokens
-        kv_free = step.kv_capacity_tokens - self._kv_reserved
-        new: list[int] = []
-        while waiting and room > 0:
-            rid = waiting[0]
-            inp = req.input_tokens[rid]
-            need = inp + req.output_tokens[rid]
-            if need > kv_free or inp > budget:
-                break
-            waiting.popleft()
-            new.append(rid)
-            room -= 1
-            budget -= inp
-            kv_free -= need
-        self._kv_reserved = step.kv_capacity_tokens - kv_free
-        return new
-
-    def _finish(self, rid: int, finish_s: float) -> None:
-        req = self.requests
-        req.finish_s[rid] = finish_s
-        req.status[rid] = FINISHED
-        req.energy_j[rid] += self._energy_per_token_j
-        self._kv_reserved -= req.input_tokens[rid] + req.output_tokens[rid]
-        self.tokens_out += req.output_tokens[rid]
-        self.outstanding -= 1
-
-    def _run(self):
-        env = self.env
-        step = self.step
-        req = self.requests
-        heap = self._heap
-        if self.ready_s > env.now:
-            yield env.timeout(self.ready_s - env.now)
-        self._state = _BUSY
-        if self._on_ready is not None:
-            self._on_ready(self)
-        while True:
-            new = self._admit() if self.waiting else []
+        new = self._new
+        kv_offset = self._kv_offset
+        kv_reserved = self._kv_reserved
+        iteration = self._iteration
+        ept = self._energy_per_token_j
+        busy_s = self.busy_s
+        busy_j = self.busy_j
+        tokens_out = self.tokens_out
+        outstanding = self.outstanding
+        op = self._op
+        released = False
+        while next_s < until_s:
+            now = next_s
+            # --- finish what was in flight ---
+            if op == _OP_MIXED:
+                i = self._op_i
+                energy = self._op_j
+                busy_s += self._op_s
+                busy_j += energy
+                per_token = energy / self._op_tokens
+                ept += per_token
+                for rid in new:
+                    slot = rid & mask
+                    inp = inp_col[slot]
+                    out = out_col[slot]
+                    first_col[slot] = now
+                    if out == 1:
+                        energy_col[slot] = per_token * inp - ept + ept
+                        finish_col[slot] = now
+                        status_col[slot] = FINISHED
+                        kv_reserved -= inp + 1
+                        tokens_out += 1
+                        outstanding -= 1
+                    else:
+                        energy_col[slot] = per_token * inp - ept
+                        heappush(heap, ((i + out - 1) << _RID_BITS) | rid)
+                        kv_offset += inp - i
+                iteration = i + 1
+            elif op == _OP_STRETCH:
+                k = self._op_k
+                if k:
+                    batch = self._op_batch
+                    kv0 = self._op_kv0
+                    busy_s += self._op_s
+                    energy = step.decode_stretch_j(batch, kv0, k)
+                    busy_j += energy
+                    ept += energy / batch
+                    iteration = self._op_i + k
+            if op != _OP_NONE:
+                limit = iteration << _RID_BITS  # every request whose last token came at iteration - 1 or before
+                while heap and heap[0] < limit:
+                    key = heappop(heap)
+                    rid = key & _RID_MASK
+                    slot = rid & mask
+                    inp = inp_col[slot]
+                    out = out_col[slot]
+                    kv_offset -= inp - ((key >> _RID_BITS) - out + 1)
+                    finish_col[slot] = now
+                    status_col[slot] = FINISHED
+                    energy_col[slot] += ept
+                    kv_reserved -= inp + out
+                    tokens_out += out
+                    outstanding -= 1
+            # --- decide what comes next ---
+            self._cuttable = False
+            if waiting:
+                new.clear()
+                room = max_batch - len(heap)
+                budget = max_num_tokens
+                kv_free = kv_capacity - kv_reserved
+                prefill = 0
+                prefill_sq = 0
+                while waiting and room > 0:
+                    rid = waiting[0]
+                    slot = rid & mask
+                    inp = inp_col[slot]
+                    need = inp + out_col[slot]
+                    if need > kv_free or inp > budget:
+                        break
+                    waiting.popleft()
+                    new.append(rid)
+                    room -= 1
+                    budget -= inp
+                    kv_free -= need
+                    prefill += inp
+                    prefill_sq += inp * inp
+                kv_reserved = kv_capacity - kv_free
+                if new:
+                    batch = len(heap)
+                    n_tok = batch + prefill
+                    kv = kv_offset + batch * iteration
+                    duration = step.iteration_s(batch + len(new), n_tok, kv, prefill, prefill_sq)
+                    self._op_j = step.iteration_j(duration, n_tok, kv)
+                    self._op_s = duration
+                    self._op_i = iteration
+                    self._op_tokens = n_tok
+                    op = _OP_MIXED
+                    next_s = now + duration
+                    continue
             batch = len(heap)
-            if new:
-                yield from self._mixed_iteration(new, batch)
-                continue
             if batch == 0:
+                op = _OP_NONE
+                next_s = INF
                 if not self.accepting:
-                    break
-                self._state = _IDLE
-                self._wake = env.event()
-                yield self._wake
-                self._state = _BUSY
-                continue
+                    released = True
+                break
             # Decode-only stretch up to the next completion.
-            i0 = self._iteration
-            kv0 = self._kv_offset + batch * i0
-            k = heap[0][0] - i0 + 1
-            start = env.now
-            self._state = _BUSY if self.waiting else _STRETCH
-            try:
-                yield env.timeout(step.decode_stretch_s(batch, kv0, k))
-            except simpy.Interrupt:
-                # An admissible arrival: run on to the boundary that ends the iteration in flight.
-                k = step.decode_iterations_until(batch, kv0, env.now - start)
-                remaining = start + step.decode_stretch_s(batch, kv0, k) - env.now
-                if remaining > 0.0:
-                    yield env.timeout(remaining)
-            self._state = _BUSY
-            if k == 0:
-                continue
+            kv0 = kv_offset + batch * iteration
+            k = (heap[0] >> _RID_BITS) - iteration + 1
+            self._op_batch = batch
+            self._op_i = iteration
+            self._op_kv0 = kv0
+            self._op_k = k
+            self._op_start = now
+            self._cuttable = not waiting
             duration = step.decode_stretch_s(batch, kv0, k)
-            energy = step.decode_stretch_j(batch, kv0, k)
-            self.busy_s += duration
-            self.busy_j += energy
-            self._energy_per_token_j += energy / batch
-            self._iteration = i0 + k
-            last = self._iteration - 1
-            now = env.now
-            while heap and heap[0][0] <= last:
-                finish_iter, rid = heapq.heappop(heap)
-                self._kv_offset -= req.input_tokens[rid] - (finish_iter - req.output_tokens[rid] + 1)
-                self._finish(rid, now)
-        self._state = _RELEASED
-        self.release_s = env.now
-        if self._on_release is not None:
-            self._on_release(self)
-
-    def _mixed_iteration(self, new: list[int], batch: int):
-        """Prefill the admitted requests together with one decode step of the running batch."""
-        env = self.env
-        step = self.step
-        req = self.requests
-        heap = self._heap
-        i = self._iteration
-        prefill = 0
-        prefill_sq = 0
-        for rid in new:
-            inp = req.input_tokens[rid]
-            prefill += inp
-            prefill_sq += inp * inp
-        n_tok = batch + prefill
-        kv = self._kv_offset + batch * i
-        duration = step.iteration_s(batch + len(new), n_tok, kv, prefill, prefill_sq)
-        energy = step.iteration_j(duration, n_tok, kv)
-        self._in_prefill = len(new)
-        self._state = _BUSY
-        yield env.timeout(duration)
-        self._in_prefill = 0
-        self.busy_s += duration
-        self.busy_j += energy
-        per_token = energy / n_tok
-        self._energy_per_token_j += per_token
-        acc = self._energy_per_token_j
-        now = env.now
-        for rid in new:
-            inp = req.input_tokens[rid]
-            out = req.output_tokens[rid]
-            req.first_token_s[rid] = now
-            req.energy_j[rid] = per_token * inp - acc
-            if out == 1:
-                self._finish(rid, now)
-            else:
-                heapq.heappush(heap, (i + out - 1, rid))
-                self._kv_offset += inp - i
-        while heap and heap[0][0] <= i:
-            finish_iter, rid = heapq.heappop(heap)
-            self._kv_offset -= req.input_tokens[rid] - (finish_iter - req.output_tokens[rid] + 1)
-            self._finish(rid, now)
-        self._iteration = i + 1
+            self._op_s = duration
+            op = _OP_STRETCH
+            next_s = now + duration
+        self.next_s = next_s
+        self._op = op
+        self._kv_offset = kv_offset
+        self._kv_reserved = kv_reserved
+        self._iteration = iteration
+        self._energy_per_token_j = ept
+        self.busy_s = busy_s
+        self.busy_j = busy_j
+        self.tokens_out = tokens_out
+        self.outstanding = outstanding
+        if released:
+            self.release(now)
 
 
 def replay_single_instance(step: StepModel, requests: RequestTable) -> Instance:
     """Run every request of a table through one always-ready instance; for probes and tests."""
-    env = simpy.Environment()
-    instance = Instance(env, 0, "single", 1, step, requests, ready_s=0.0)
-
-    def feed():
-        arrivals = requests.arrival_s
-        for rid in range(requests.n):
-            delay = arrivals[rid] - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            instance.enqueue(rid)
-
-    env.process(feed())
-    env.run()
+    instance = Instance(0, "single", 1, step, requests, alloc_s=0.0, ready_s=0.0)
+    arrivals = requests.arrival_s
+    now = 0.0
+    for rid in range(requests.n):
+        delay = arrivals[rid] - now
+        if delay > 0:
+            now = now + delay
+        instance.enqueue(rid, now)
+    instance.advance(INF)
     return instance

@@ -1,71 +1,196 @@
-"""What a run measured: the per-request table and the per-run summary."""
+"""What a run measured: the per-request table and the per-run summary.
+
+Both are built from ``RequestBatch`` columns with numpy only, so the same code serves the in-memory
+path (one batch holding the whole trace) and the streamed path (``sim.stream``: one batch per flushed
+block of requests). ``RequestStats`` accumulates the summary batch by batch; percentiles are exact
+when it keeps every latency (``exact=True``, the in-memory path) and come from a ``LogHistogram``
+with a stated relative error otherwise.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from calibrate.probe_stats import tpot_s
 from sim.cluster import RunResult, gpus_over_time, time_average
-from sim.requests import FINISHED, REJECT_REASONS, REJECTED, STATUS_NAMES
+from sim.deployment import TaskSpec
+from sim.requests import FINISHED, REJECT_REASONS, REJECTED, STATUS_NAMES, RequestBatch, table_batch
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RequestContext:
+    """What turns raw request columns into verdicts: per task index its SLO and quality floor, per
+    instance id the config label and the quality score it serves its task with."""
+
+    task_names: tuple[str, ...]
+    slo_ttft_s: np.ndarray
+    slo_tpot_s: np.ndarray
+    quality_min: np.ndarray
+    instance_label: np.ndarray  # object array, index = instance id; one extra "" slot last for id -1
+    instance_quality: np.ndarray  # float array, same indexing; NaN for id -1
+
+    @classmethod
+    def build(cls, task_names: Sequence[str], tasks: Sequence[TaskSpec], labels: dict[int, str],
+              quality: dict[int, float]) -> "RequestContext":
+        by_name = {t.name: t for t in tasks}
+        specs = [by_name[name] for name in task_names]
+        size = max(max(labels, default=-1), max(quality, default=-1)) + 2
+        label = np.full(size, "", dtype=object)
+        score = np.full(size, np.nan)
+        for inst, name in labels.items():
+            label[inst] = name
+        for inst, value in quality.items():
+            score[inst] = value
+        return cls(tuple(task_names), np.array([s.slo.ttft_s for s in specs], dtype=float),
+                   np.array([s.slo.tpot_s for s in specs], dtype=float),
+                   np.array([s.quality_min for s in specs], dtype=float), label, score)
+
+
+def request_columns(batch: RequestBatch, ctx: RequestContext) -> dict[str, np.ndarray]:
+    """Per-request columns of ``requests.parquet``; strings as small index arrays plus ``*_names``."""
+    task = batch.task
+    status = batch.status.astype(np.int64)
+    instance = batch.instance
+    finished = status == FINISHED
+    ttft = batch.first_token_s - batch.arrival_s
+    tpot = tpot_s(batch.first_token_s, batch.finish_s, batch.output_tokens)
+    latency_met = finished & (ttft <= ctx.slo_ttft_s[task]) & (~(tpot > ctx.slo_tpot_s[task]))
+    served = np.where(instance >= 0, instance, len(ctx.instance_quality) - 1)
+    quality = ctx.instance_quality[served]
+    quality_met = finished & (quality >= ctx.quality_min[task])
+    return {
+        "request_id": batch.request_id,
+        "task": task,
+        "arrival_s": batch.arrival_s,
+        "first_token_s": batch.first_token_s,
+        "finish_s": batch.finish_s,
+        "ttft_s": np.where(finished, ttft, np.nan),
+        "tpot_s": np.where(finished, tpot, np.nan),
+        "input_tokens": batch.input_tokens,
+        "output_tokens": batch.output_tokens,
+        "instance": instance,
+        "config": served,
+        "status": status,
+        "reject_reason": batch.reason.astype(np.int64),
+        "energy_j": batch.energy_j,
+        "quality": quality,
+        "latency_slo_met": latency_met,
+        "quality_slo_met": quality_met,
+        "slo_met": latency_met & quality_met,
+    }
+
+
+# Columns held as an index into a table of names, and those names.
+def _string_tables(ctx: RequestContext) -> dict[str, np.ndarray]:
+    return {
+        "task": np.array(ctx.task_names, dtype=object),
+        "config": ctx.instance_label,
+        "status": np.array(STATUS_NAMES, dtype=object),
+        "reject_reason": np.array(REJECT_REASONS, dtype=object),
+    }
+
+
+def columns_table(columns: dict[str, np.ndarray], ctx: RequestContext) -> pa.Table:
+    """The columns as an Arrow table; string columns are taken from their small name tables in C."""
+    names = _string_tables(ctx)
+    data = {}
+    for key, values in columns.items():
+        data[key] = pa.array(names[key].astype(str).tolist()).take(pa.array(values)) if key in names else values
+    return pa.table(data)
+
+
+def columns_frame(columns: dict[str, np.ndarray], ctx: RequestContext) -> pd.DataFrame:
+    return columns_table(columns, ctx).to_pandas()
+
+
+def request_context(result: RunResult) -> RequestContext:
+    labels = {inst.instance_id: inst.label for inst in result.instances}
+    return RequestContext.build(result.requests.task_names, result.tasks, labels, result.instance_quality)
 
 
 def requests_frame(result: RunResult) -> pd.DataFrame:
     """One row per request: inputs, outcome, latencies, SLO verdicts, and which config served it."""
-    req = result.requests
-    tasks = {t.name: t for t in result.tasks}
-    task_names = np.array(req.task_names, dtype=object)
-    task = task_names[np.asarray(req.task, dtype=np.int64)]
-    arrival = np.asarray(req.arrival_s)
-    first = np.asarray(req.first_token_s)
-    finish = np.asarray(req.finish_s)
-    out = np.asarray(req.output_tokens)
-    status = np.asarray(req.status)
-    instance = np.asarray(req.instance)
-    labels = {inst.instance_id: inst.label for inst in result.instances}
-    config = np.array([labels.get(int(i), "") for i in instance], dtype=object)
-    ttft = first - arrival
-    tpot = tpot_s(first, finish, out)
-    slo_ttft = np.array([tasks[t].slo.ttft_s for t in task], dtype=float)
-    slo_tpot = np.array([tasks[t].slo.tpot_s for t in task], dtype=float)
-    finished = status == FINISHED
-    latency_met = finished & (ttft <= slo_ttft) & (~(tpot > slo_tpot))
-    quality = _served_quality(result, instance, task)
-    floors = np.array([tasks[t].quality_min for t in task], dtype=float)
-    quality_met = finished & (quality >= floors)
-    return pd.DataFrame(
-        {
-            "request_id": np.arange(req.n, dtype=np.int64),
-            "task": task.astype(str),
-            "arrival_s": arrival,
-            "first_token_s": first,
-            "finish_s": finish,
-            "ttft_s": np.where(finished, ttft, np.nan),
-            "tpot_s": np.where(finished, tpot, np.nan),
-            "input_tokens": np.asarray(req.input_tokens, dtype=np.int64),
-            "output_tokens": out.astype(np.int64),
-            "instance": instance.astype(np.int64),
-            "config": config.astype(str),
-            "status": np.array(STATUS_NAMES, dtype=object)[status].astype(str),
-            "reject_reason": np.array(REJECT_REASONS, dtype=object)[np.asarray(req.reason)].astype(str),
-            "energy_j": np.asarray(req.energy_j),
-            "quality": quality,
-            "latency_slo_met": latency_met,
-            "quality_slo_met": quality_met,
-            "slo_met": latency_met & quality_met,
-        }
-    )
+    ctx = request_context(result)
+    return columns_frame(request_columns(table_batch(result.requests), ctx), ctx)
 
 
-def _served_quality(result: RunResult, instance: np.ndarray, task: np.ndarray) -> np.ndarray:
-    """Quality score of the config that served each request (NaN for requests no replica took)."""
-    by_id = np.full(max(result.instance_quality, default=-1) + 2, np.nan)
-    for inst, score in result.instance_quality.items():
-        by_id[inst] = score
-    return by_id[np.where(instance >= 0, instance, len(by_id) - 1)]
+# --- percentiles without keeping every value --------------------------------------------------------
+
+
+class LogHistogram:
+    """Counts of positive values in logarithmic bins (DDSketch's mapping, fixed range).
+
+    Bin ``i`` holds values in ``(gamma**(i-1), gamma**i]`` with ``gamma = (1 + a) / (1 - a)``; its
+    representative ``2 gamma**i / (gamma + 1)`` is within relative error ``a`` of every value in it.
+    A percentile interpolates linearly between the two order statistics around its rank, as
+    ``numpy.percentile`` does, each taken from its bin: the result is within relative error ``a`` of
+    the exact percentile. Values outside ``[min_value, max_value]`` fall in end bins (reported as the
+    exact minimum or maximum seen). ``a = 5e-4`` gives about 32,000 bins (256 KB) for 1e-7..1e7 s.
+    """
+
+    def __init__(self, relative_error: float = 5e-4, min_value: float = 1e-7, max_value: float = 1e7):
+        if not 0 < relative_error < 1:
+            raise ValueError(f"relative_error must be in (0, 1), got {relative_error}")
+        self.relative_error = relative_error
+        gamma = (1 + relative_error) / (1 - relative_error)
+        self._log_gamma = math.log(gamma)
+        self._gamma = gamma
+        self._first = math.floor(math.log(min_value) / self._log_gamma)
+        self._bins = math.ceil(math.log(max_value) / self._log_gamma) - self._first + 1
+        self.counts = np.zeros(self._bins + 2, dtype=np.int64)  # [0] under, [-1] over
+        self.count = 0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        with np.errstate(divide="ignore"):
+            index = np.ceil(np.log(values) / self._log_gamma) - self._first + 1
+        index = np.clip(np.nan_to_num(index, nan=0.0, neginf=0.0), 0, self._bins + 1).astype(np.int64)
+        self.counts += np.bincount(index, minlength=self._bins + 2)
+        self.count += int(values.size)
+        self.min = min(self.min, float(values.min()))
+        self.max = max(self.max, float(values.max()))
+
+    def _value_at_rank(self, cumulative: np.ndarray, rank: int) -> float:
+        i = int(np.searchsorted(cumulative, rank, side="right"))
+        if i == 0:
+            return self.min
+        if i == len(cumulative) - 1:
+            return self.max
+        value = 2.0 * self._gamma ** (i - 1 + self._first) / (self._gamma + 1.0)
+        return min(max(value, self.min), self.max)
+
+    def percentile(self, q: float) -> float:
+        if self.count == 0:
+            return math.nan
+        position = q / 100.0 * (self.count - 1)
+        lo = math.floor(position)
+        frac = position - lo
+        cumulative = np.cumsum(self.counts)
+        a = self._value_at_rank(cumulative, lo)
+        b = self._value_at_rank(cumulative, min(lo + 1, self.count - 1)) if frac > 0 else a
+        return a + frac * (b - a)
+
+    def cdf_points(self, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+        """(value, fraction of values <= it) at up to ``points`` quantiles, for plotting."""
+        if self.count == 0:
+            return np.array([]), np.array([])
+        qs = np.linspace(0.0, 100.0, points)
+        return np.array([self.percentile(q) for q in qs]), qs / 100.0
+
+
+# --- the summary ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +211,123 @@ class TaskSummary:
     configs: str
 
 
+@dataclass
+class _TaskStats:
+    requests: int = 0
+    finished: int = 0
+    rejected: int = 0
+    latency_met: int = 0
+    quality_met_finished: int = 0
+    slo_met: int = 0
+    configs: set = field(default_factory=set)
+    ttft: list = field(default_factory=list)  # exact mode: arrays of finished latencies
+    tpot: list = field(default_factory=list)
+    ttft_hist: LogHistogram | None = None
+    tpot_hist: LogHistogram | None = None
+
+
 def _pct(values: np.ndarray, q: float) -> float:
     values = values[np.isfinite(values)]
     return float(np.percentile(values, q)) if values.size else math.nan
 
 
-def summarize(result: RunResult, frame: pd.DataFrame | None = None) -> dict:
+class RequestStats:
+    """Per-task counts, SLO attainment and latency percentiles, accumulated batch by batch."""
+
+    def __init__(self, task_names: Sequence[str], exact: bool, relative_error: float = 5e-4):
+        self.task_names = tuple(task_names)
+        self.exact = exact
+        self.relative_error = relative_error
+        self._tasks = [_TaskStats() for _ in self.task_names]
+        if not exact:
+            for t in self._tasks:
+                t.ttft_hist = LogHistogram(relative_error)
+                t.tpot_hist = LogHistogram(relative_error)
+        self.requests = 0
+        self.finished = 0
+        self.rejected = 0
+        self.latency_met = 0
+        self.slo_met = 0
+        self.output_tokens = 0
+        self.by_reason = np.zeros(len(REJECT_REASONS), dtype=np.int64)
+        self.max_finish_s = -math.inf
+
+    @property
+    def percentile_method(self) -> str:
+        return "exact" if self.exact else f"log-histogram, relative error <= {self.relative_error:g}"
+
+    def update(self, columns: dict[str, np.ndarray], ctx: RequestContext) -> None:
+        task = columns["task"]
+        status = columns["status"]
+        finished = status == FINISHED
+        rejected = status == REJECTED
+        n = len(task)
+        self.requests += n
+        self.finished += int(finished.sum())
+        self.rejected += int(rejected.sum())
+        self.latency_met += int(columns["latency_slo_met"].sum())
+        self.slo_met += int(columns["slo_met"].sum())
+        self.output_tokens += int(columns["output_tokens"][finished].sum())
+        self.by_reason += np.bincount(columns["reject_reason"][rejected], minlength=len(REJECT_REASONS))
+        finish = columns["finish_s"]
+        if np.isfinite(finish).any():
+            self.max_finish_s = max(self.max_finish_s, float(np.nanmax(finish)))
+        for task_id, stats in enumerate(self._tasks):
+            rows = task == task_id
+            count = int(rows.sum())
+            if not count:
+                continue
+            done = rows & finished
+            stats.requests += count
+            stats.finished += int(done.sum())
+            stats.rejected += int((rows & rejected).sum())
+            stats.latency_met += int(columns["latency_slo_met"][rows].sum())
+            stats.slo_met += int(columns["slo_met"][rows].sum())
+            stats.quality_met_finished += int(columns["quality_slo_met"][done].sum())
+            served = np.unique(columns["config"][done])
+            stats.configs.update(str(ctx.instance_label[i]) for i in served)
+            ttft = columns["ttft_s"][done]
+            tpot = columns["tpot_s"][done]
+            if self.exact:
+                stats.ttft.append(ttft)
+                stats.tpot.append(tpot)
+            else:
+                stats.ttft_hist.add(ttft)
+                stats.tpot_hist.add(tpot)
+
+    def histograms(self, task_id: int) -> tuple[LogHistogram, LogHistogram] | None:
+        stats = self._tasks[task_id]
+        return (stats.ttft_hist, stats.tpot_hist) if not self.exact else None
+
+    def task_summaries(self) -> list[TaskSummary]:
+        out = []
+        for name, stats in zip(self.task_names, self._tasks):
+            if self.exact:
+                ttft = np.concatenate(stats.ttft) if stats.ttft else np.array([])
+                tpot = np.concatenate(stats.tpot) if stats.tpot else np.array([])
+                p_ttft = [_pct(ttft, q) for q in PERCENTILES]
+                p_tpot = [_pct(tpot, q) for q in PERCENTILES]
+            else:
+                p_ttft = [stats.ttft_hist.percentile(q) for q in PERCENTILES]
+                p_tpot = [stats.tpot_hist.percentile(q) for q in PERCENTILES]
+            n = stats.requests
+            out.append(TaskSummary(
+                task=name,
+                requests=n,
+                finished=stats.finished,
+                rejected=stats.rejected,
+                p50_ttft_s=p_ttft[0], p90_ttft_s=p_ttft[1], p99_ttft_s=p_ttft[2],
+                p50_tpot_s=p_tpot[0], p90_tpot_s=p_tpot[1], p99_tpot_s=p_tpot[2],
+                latency_slo_attainment=stats.latency_met / n if n else math.nan,
+                quality_slo_met=bool(stats.finished and stats.quality_met_finished == stats.finished),
+                slo_attainment=stats.slo_met / n if n else math.nan,
+                configs=";".join(sorted(stats.configs)),
+            ))
+        return out
+
+
+def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
     """The per-run summary: GPUs, SLO attainment, energy per token, latency percentiles per task."""
-    frame = requests_frame(result) if frame is None else frame
     end_s = result.end_s
     times, gpus = gpus_over_time(result)
     busy_j = idle_j = 0.0
@@ -101,45 +335,22 @@ def summarize(result: RunResult, frame: pd.DataFrame | None = None) -> dict:
         b, i = inst.energy_j(end_s)
         busy_j += b
         idle_j += i
-    finished = frame["status"] == STATUS_NAMES[FINISHED]
-    out_tokens = float(frame.loc[finished, "output_tokens"].sum())
-    tasks = []
-    for spec in result.tasks:
-        rows = frame[frame["task"] == spec.name]
-        done = rows[rows["status"] == STATUS_NAMES[FINISHED]]
-        ttft = done["ttft_s"].to_numpy()
-        tpot = done["tpot_s"].to_numpy()
-        configs = sorted(set(done["config"]))
-        tasks.append(
-            TaskSummary(
-                task=spec.name,
-                requests=len(rows),
-                finished=len(done),
-                rejected=int((rows["status"] == STATUS_NAMES[REJECTED]).sum()),
-                p50_ttft_s=_pct(ttft, 50),
-                p90_ttft_s=_pct(ttft, 90),
-                p99_ttft_s=_pct(ttft, 99),
-                p50_tpot_s=_pct(tpot, 50),
-                p90_tpot_s=_pct(tpot, 90),
-                p99_tpot_s=_pct(tpot, 99),
-                latency_slo_attainment=float(rows["latency_slo_met"].mean()) if len(rows) else math.nan,
-                quality_slo_met=bool(len(done) and done["quality_slo_met"].all()),
-                slo_attainment=float(rows["slo_met"].mean()) if len(rows) else math.nan,
-                configs=";".join(configs),
-            )
-        )
-    rejected = frame[frame["status"] == STATUS_NAMES[REJECTED]]
+    out_tokens = float(stats.output_tokens)
+    by_task = {t.task: t for t in stats.task_summaries()}
+    n = stats.requests
+    avg_gpus = time_average(times, gpus, end_s)
     return {
-        "requests": int(len(frame)),
-        "finished": int(finished.sum()),
-        "rejected": int(len(rejected)),
-        "rejected_by_reason": {str(k): int(v) for k, v in rejected["reject_reason"].value_counts().items()},
+        "requests": int(n),
+        "finished": int(stats.finished),
+        "rejected": int(stats.rejected),
+        "rejected_by_reason": {REJECT_REASONS[code]: int(count) for code, count in enumerate(stats.by_reason)
+                               if count},
         "duration_s": end_s,
-        "avg_gpus": time_average(times, gpus, end_s),
+        "avg_gpus": avg_gpus,
         "peak_gpus": int(gpus.max()) if len(gpus) else 0,
-        "gpu_hours": time_average(times, gpus, end_s) * end_s / 3600.0,
-        "latency_slo_attainment": float(frame["latency_slo_met"].mean()) if len(frame) else math.nan,
-        "slo_attainment": float(frame["slo_met"].mean()) if len(frame) else math.nan,
+        "gpu_hours": avg_gpus * end_s / 3600.0,
+        "latency_slo_attainment": stats.latency_met / n if n else math.nan,
+        "slo_attainment": stats.slo_met / n if n else math.nan,
         "energy_j": busy_j + idle_j,
         "busy_energy_j": busy_j,
         "idle_energy_j": idle_j,
@@ -147,5 +358,21 @@ def summarize(result: RunResult, frame: pd.DataFrame | None = None) -> dict:
         "energy_per_output_token_busy_j": busy_j / out_tokens if out_tokens else math.nan,
         "output_tokens": int(out_tokens),
         "reconfigurations": dict(result.reconfigurations),
-        "tasks": [asdict(t) for t in tasks],
+        "percentiles": stats.percentile_method,
+        "tasks": [asdict(by_task[t.name]) if t.name in by_task else asdict(_empty_task(t.name)) for t in tasks],
     }
+
+
+def _empty_task(name: str) -> TaskSummary:
+    nan = math.nan
+    return TaskSummary(name, 0, 0, 0, nan, nan, nan, nan, nan, nan, nan, False, nan, "")
+
+
+def summarize(result: RunResult, frame: pd.DataFrame | None = None) -> dict:
+    """The per-run summary of an in-memory run (exact percentiles). ``frame`` is accepted for callers
+    that already built it; the summary is computed from the same columns either way."""
+    ctx = request_context(result)
+    columns = request_columns(table_batch(result.requests), ctx)
+    stats = RequestStats(ctx.task_names, exact=True)
+    stats.update(columns, ctx)
+    return run_summary(result, stats, result.tasks)

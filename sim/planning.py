@@ -79,3 +79,48 @@ def energy_optimal(cands: Iterable[Candidate | None]) -> Candidate:
 def energy_at_saturation(profiles: ProfileSet, task: TaskSpec, key: ConfigKey) -> float:
     sat = profiles.saturation_qps(key, task.workload, task.slo)
     return profiles.energy_per_token_j(key, task.workload, sat) if sat > 0 else math.inf
+
+
+_ENERGY_MEMO_ENTRIES = 1 << 16
+
+
+class CachedProfiles:
+    """A profile set's planning look-ups, memoised: every answer comes from the wrapped ``ProfileSet``
+    once, then from a dict. Policies re-plan every window over every config, so a run asks the same
+    questions (a pandas filter each) thousands of times; everything else is delegated."""
+
+    def __init__(self, profiles: ProfileSet):
+        self.base = profiles
+        self._configs = tuple(profiles.configs())
+        self._quality: dict[tuple[str, str, str], float] = {}
+        self._saturation: dict[tuple, float] = {}
+        self._energy: dict[tuple[ConfigKey, str, float], float] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+    def configs(self) -> list[ConfigKey]:
+        return list(self._configs)
+
+    def quality_score(self, model: str, quant: str, task: str) -> float:
+        key = (model, quant, task)
+        score = self._quality.get(key)
+        if score is None:
+            score = self._quality[key] = self.base.quality_score(model, quant, task)
+        return score
+
+    def saturation_qps(self, key: ConfigKey, workload: str, slo) -> float:
+        memo = (key, workload, slo.ttft_s, slo.tpot_s)
+        value = self._saturation.get(memo)
+        if value is None:
+            value = self._saturation[memo] = self.base.saturation_qps(key, workload, slo)
+        return value
+
+    def energy_per_token_j(self, key: ConfigKey, workload: str, qps: float) -> float:
+        memo = (key, workload, qps)
+        value = self._energy.get(memo)
+        if value is None:
+            if len(self._energy) >= _ENERGY_MEMO_ENTRIES:  # loads vary per window: keep the memo bounded
+                self._energy.clear()
+            value = self._energy[memo] = self.base.energy_per_token_j(key, workload, qps)
+        return value

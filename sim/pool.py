@@ -4,10 +4,16 @@ Reconfiguration is make-before-break: new replicas load their model (``load_s``,
 drawing idle power meanwhile) while the old ones keep serving; once every replica of the new config
 is ready, the old ones stop taking requests, finish what they hold, and release their GPUs. Scaling
 the same config up adds loading replicas; scaling down drains the least-loaded ones at once.
+
+The pool is the control plane of its replicas: model-load completions and GPU releases are SimPy
+events; the replicas' engines advance lazily (``sim.instance``). A drained replica gets no new work,
+so its future is fixed: it is run to completion (or to the run's horizon) when drained, and its
+release is scheduled as an event at the moment it happens.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import simpy
@@ -32,6 +38,7 @@ class Pool:
         load_s: Callable[[ConfigKey], float],
         on_gpus: Callable[[str, float, int], None],
         max_queue: int | None = None,
+        horizon_s: float = math.inf,
     ):
         self.env = env
         self.task = task
@@ -42,6 +49,7 @@ class Pool:
         self._load_s = load_s
         self._on_gpus = on_gpus
         self.max_queue = max_queue
+        self.horizon_s = horizon_s  # the run stops here: nothing at or after it happens
         self.replicas: list[Instance] = []  # every replica not yet released: loading, serving, draining
         self.all_instances: list[Instance] = []
         self.key_of: dict[int, ConfigKey] = {}
@@ -50,12 +58,12 @@ class Pool:
 
     # --- routing ---------------------------------------------------------------------------------
 
-    def route(self, rid: int) -> None:
-        instance = self.router.pick(self.replicas)
+    def route(self, rid: int, now_s: float) -> None:
+        instance = self.router.pick(self.replicas, now_s)
         if instance is None:
-            self.requests.reject(rid, "no_replica", self.env.now)
+            self.requests.reject(rid, "no_replica", now_s)
         else:
-            instance.enqueue(rid)
+            instance.enqueue(rid, now_s)
 
     # --- plan changes ----------------------------------------------------------------------------
 
@@ -64,17 +72,20 @@ class Pool:
         self.plan = plan
         if previous is not None and previous.key == plan.key and previous.dp == plan.dp:
             return
+        now = self.env.now
         if not initial:
             self.reconfigurations += 1
-        ready_at = self.env.now if initial else self.env.now + self._load_s(plan.key)
+        ready_at = now if initial else now + self._load_s(plan.key)
         current = [r for r in self.replicas if r.accepting and self.key_of[r.instance_id] == plan.key]
         if previous is not None and previous.key == plan.key:
             surplus = len(current) - plan.dp
             if surplus > 0:
+                for replica in current:
+                    replica.advance(now)
                 # Drain loading replicas first, then the least loaded.
                 current.sort(key=lambda r: (r.serving, r.outstanding, -r.instance_id))
                 for replica in current[:surplus]:
-                    replica.drain()
+                    self._drain(replica)
                 return
             for _ in range(plan.dp - len(current)):
                 self._start(plan.key, ready_at)
@@ -84,30 +95,41 @@ class Pool:
         # Stop loading replicas of configs no longer wanted; serving old ones wait for the new ones.
         for replica in list(self.replicas):
             if self.key_of[replica.instance_id] != plan.key and not replica.serving and replica.accepting:
-                replica.drain()
+                self._drain(replica)
         self._retire_old_if_ready()
 
     def _start(self, key: ConfigKey, ready_s: float) -> Instance:
+        now = self.env.now
         instance = Instance(
-            self.env,
             self._new_id(),
             key.label,
             key.tp,
             self.profiles.step(key),
             self.requests,
+            alloc_s=now,
             ready_s=ready_s,
             max_queue=self.max_queue,
-            on_ready=self._ready,
             on_release=self._released,
         )
         self.key_of[instance.instance_id] = key
         self.replicas.append(instance)
         self.all_instances.append(instance)
-        self._on_gpus(self.task.name, self.env.now, key.tp)
+        self._on_gpus(self.task.name, now, key.tp)
+        if not instance.ready:
+            loaded = self.env.timeout(instance.ready_s - now)
+            loaded.callbacks.append(lambda _event: self._ready(instance))
         return instance
 
     def _ready(self, instance: Instance) -> None:
+        instance.mark_ready()
         self._retire_old_if_ready()
+        if not instance.accepting and not instance.released:
+            instance.release(self.env.now)  # drained while loading: gives its GPUs back at once
+
+    def _drain(self, replica: Instance) -> None:
+        replica.drain(self.env.now)
+        if not replica.released:
+            replica.advance(self.horizon_s)  # no new work reaches it: run what it holds to the end
 
     def _retire_old_if_ready(self) -> None:
         if self.plan is None:
@@ -118,8 +140,10 @@ class Pool:
             return
         for replica in self.replicas:
             if self.key_of[replica.instance_id] != wanted and replica.accepting:
-                replica.drain()
+                self._drain(replica)
 
     def _released(self, instance: Instance) -> None:
-        self.replicas.remove(instance)
-        self._on_gpus(self.task.name, self.env.now, -instance.gpus)
+        release_s = instance.release_s
+        self._on_gpus(self.task.name, release_s, -instance.gpus)
+        gone = self.env.timeout(max(release_s - self.env.now, 0.0))
+        gone.callbacks.append(lambda _event: self.replicas.remove(instance))

@@ -10,8 +10,8 @@ from sim.instance import Instance
 class Router(Protocol):
     name: str
 
-    def pick(self, replicas: Sequence[Instance]) -> Instance | None:
-        """A serving replica for the next request, or None when none serves."""
+    def pick(self, replicas: Sequence[Instance], now_s: float) -> Instance | None:
+        """A serving replica for a request arriving at ``now_s``, or None when none serves."""
 
 
 class RoundRobin:
@@ -22,7 +22,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, replicas: Sequence[Instance]) -> Instance | None:
+    def pick(self, replicas: Sequence[Instance], now_s: float) -> Instance | None:
         n = len(replicas)
         for offset in range(n):
             candidate = replicas[(self._next + offset) % n]
@@ -33,16 +33,23 @@ class RoundRobin:
 
 
 class LeastOutstanding:
-    """The serving replica with the fewest queued plus running requests (lowest id on ties)."""
+    """The serving replica with the fewest queued plus running requests (lowest id on ties).
+
+    Replicas are advanced lazily (``sim.instance``), so each candidate is first brought up to the
+    arrival time: its outstanding count then reflects every completion before it.
+    """
 
     name = "least_outstanding"
 
-    def pick(self, replicas: Sequence[Instance]) -> Instance | None:
+    def pick(self, replicas: Sequence[Instance], now_s: float) -> Instance | None:
         best = None
         best_load = 0
         for candidate in replicas:
-            if candidate.serving and (best is None or candidate.outstanding < best_load):
-                best, best_load = candidate, candidate.outstanding
+            if candidate.serving:
+                if candidate.next_s < now_s:
+                    candidate.advance(now_s)
+                if best is None or candidate.outstanding < best_load:
+                    best, best_load = candidate, candidate.outstanding
         return best
 
 
