@@ -1,0 +1,377 @@
+"""The profiling loop (qMeter's Profile Coordinator, paper §3.1) for every entry of a plan.
+
+Per entry: for each workload, the saturation search of ``calibrate.search.find_saturation`` (the same
+code that draws the simulator's curves) against each SLO with short Poisson bursts, then the QPS sweep
+over fractions of the highest saturation found; then the fixed-concurrency fit runs; then, if asked,
+lm-eval against the served endpoint. Every burst or run is a *point* of the results database: a
+finished point is never measured again (a re-run replays the search from stored probes and launches
+no engine when nothing is left to measure), and a point interrupted by an engine crash or hang is
+measured again after the engine is restarted, up to ``max_attempts_per_point`` tries in all.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from calibrate.arrivals import BurstPlan
+from calibrate.db import PointKey, ResultsDB, StoredPoint, qps_key
+from calibrate.energy import NoEnergyMeter, idle_power_w, open_energy_meter
+from calibrate.loadgen import EngineFailure, Endpoint, RequestSpec, run_closed_loop, run_open_loop
+from calibrate.plan import Plan, PlanEntry
+from calibrate.prompts import PromptBuilder, load_tokenizer
+from calibrate.quality_import import (QualityImportError, lm_eval_command, lm_eval_scores, opencompass_scores,
+                                      run_lm_eval, task_rows)
+from calibrate.search import ProbeResult, find_saturation, sweep, sweep_points
+from calibrate.supervisor import EngineGaveUp, EngineStartError, EngineSupervisor
+from calibrate.validate import measured_result
+
+FIT_PROMPT_OFFSET = 1_000_000  # prompt indices of fit runs, away from the bursts' pool
+WARMUP_PROMPT_OFFSET = 2_000_000
+
+
+def failed_result(qps: float, n: int) -> ProbeResult:
+    nan = math.nan
+    return ProbeResult(qps, 0, 0.0, nan, nan, nan, nan, nan, nan, 0.0, 0.0, nan, nan, max(n, 1))
+
+
+@dataclass
+class EntryReport:
+    entry: str
+    saturation: list[dict] = field(default_factory=list)  # workload, slo, saturation_qps, probes, bounded
+    sweep_points: int = 0
+    fit_runs: int = 0
+    error: str = ""
+
+
+@dataclass
+class RunReport:
+    plan: str
+    entries: list[EntryReport]
+    measured_points: int
+    skipped_points: int
+    launches: int
+    restarts: int
+    wall_s: float
+    energy: str
+    quality_notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(not e.error for e in self.entries)
+
+
+@dataclass(frozen=True)
+class FitRunSpec:
+    kind: str
+    concurrency: int
+    input_tokens: int
+    output_tokens: int
+    requests: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}-c{self.concurrency}-in{self.input_tokens}-out{self.output_tokens}"
+
+
+def fit_run_specs(plan: Plan, capacity: dict) -> tuple[list[FitRunSpec], list[str]]:
+    """The fit runs of an entry, clipped to what the engine can hold; notes say what was dropped."""
+    f = plan.fit
+    max_total = plan.burst.max_total_tokens
+    kv = capacity.get("kv_capacity_tokens")
+    max_batch = capacity.get("max_batch")
+    max_tokens = capacity.get("max_num_tokens")
+    runs, notes = [], []
+    for L in f.prefill_input_tokens:
+        O = f.prefill_output_tokens
+        limit = [x for x in (max_tokens, (kv - O) if kv else None, max_total - O) if x is not None]
+        if L > min(limit):
+            notes.append(f"prefill run with {L} prompt tokens dropped (over the engine's limits {capacity} or "
+                         f"max_total_tokens={max_total})")
+            continue
+        runs.append(FitRunSpec("prefill", 1, L, O, f.prefill_requests))
+    for L in f.decode_input_tokens:
+        O = f.decode_output_tokens
+        if L + O > max_total or (max_tokens and L > max_tokens):
+            notes.append(f"decode runs with {L} prompt tokens dropped (over the limits)")
+            continue
+        for B in sorted(f.decode_concurrency):
+            if (max_batch and B > max_batch) or (kv and B * (L + O) > kv):
+                notes.append(f"decode run c{B}-in{L} dropped: batch {B} x {L + O} tokens exceeds max_batch={max_batch} "
+                             f"or kv_capacity_tokens={kv}")
+                continue
+            runs.append(FitRunSpec("decode", B, L, O, B * f.decode_rounds))
+    return runs, notes
+
+
+class EntryRunner:
+    """Measures one entry: engine on demand, points through the results database."""
+
+    def __init__(self, plan: Plan, entry: PlanEntry, handler, db: ResultsDB, run_id: int, log: Callable[[str], None],
+                 nvml=None):
+        self.plan = plan
+        self.entry = entry
+        self.handler = handler
+        self.db = db
+        self.run_id = run_id
+        self.log = log
+        self.supervisor = EngineSupervisor(handler, entry, plan, db, run_id, log)
+        if plan.energy.enabled:
+            self.meter = open_energy_meter(entry.devices, nvml)
+        else:
+            self.meter = NoEnergyMeter("energy measurement disabled by plan.energy.enabled=false")
+        tokenizer = None
+        if plan.engine.tokenizer:
+            path = entry.checkpoint_ref if plan.engine.tokenizer == "checkpoint" else plan.engine.tokenizer
+            tokenizer = load_tokenizer(path)
+        self.prompts = PromptBuilder(seed=plan.burst.seed, tokenizer=tokenizer)
+        self._prompt_cache: dict[tuple[int, int], str] = {}
+        self.measured = 0
+        self.skipped = 0
+        self._warm_launch = 0
+        self._last_point: StoredPoint | None = None
+
+    # --- the engine, lazily ------------------------------------------------------------------------
+
+    def _engine(self) -> Endpoint:
+        endpoint = self.supervisor.ensure_running()
+        while self._warm_launch != self.supervisor.launches:
+            self._warm_launch = self.supervisor.launches
+            try:
+                self._warm_up(endpoint)
+            except EngineFailure as failure:
+                self.supervisor.failed(failure)
+                endpoint = self.supervisor.restart(f"warm-up failed: {failure}")
+        return endpoint
+
+    def _warm_up(self, endpoint: Endpoint) -> None:
+        n = self.plan.engine.warmup_requests
+        if n > 0:
+            specs = [RequestSpec(WARMUP_PROMPT_OFFSET + i, 0.0, self._prompt(WARMUP_PROMPT_OFFSET + i, 16), 16, 4)
+                     for i in range(n)]
+            records = run_closed_loop(endpoint, specs, 1, self.supervisor.monitor)
+            bad = [r.error for r in records if not r.ok]
+            if bad:
+                raise EngineFailure(f"warm-up requests failed: {bad[0]}")
+        idle = idle_power_w(self.meter, self.plan.energy.idle_s)
+        if idle is not None:
+            self.db.set_info(self.entry.name, f"idle_w/launch{self.supervisor.launches}", idle)
+
+    def _prompt(self, index: int, n_tokens: int) -> str:
+        key = (index, n_tokens)
+        text = self._prompt_cache.get(key)
+        if text is None:
+            text = self.prompts.prompt(index, n_tokens)
+            self._prompt_cache[key] = text
+        return text
+
+    # --- points ------------------------------------------------------------------------------------
+
+    def measure(self, key: PointKey, specs: Sequence[RequestSpec], qps: float | None = None,
+                concurrency: int | None = None, input_tokens: int | None = None,
+                output_tokens: int | None = None) -> StoredPoint:
+        stored = self.db.get_point(key)
+        if stored is not None and stored.status in ("done", "failed"):
+            self.skipped += 1
+            return stored
+        max_attempts = self.plan.max_attempts_per_point
+        while True:
+            stored = self.db.get_point(key)
+            if stored is not None and stored.attempt >= max_attempts and stored.status != "done":
+                self.db.finish_point(stored.id, "failed", failed_result(qps or 0.0, len(specs)), [], None, None,
+                                     error=f"gave up after {stored.attempt} attempt(s): {stored.error}")
+                self.log(f"[{self.entry.name}] point {key.phase} {key.point_key} failed {stored.attempt} times; "
+                         f"recorded as failed")
+                return self.db.get_point(key)  # type: ignore[return-value]
+            endpoint = self._engine()
+            point_id, attempt = self.db.begin_point(key, self.run_id, self.supervisor.launches, qps, concurrency,
+                                                    input_tokens, output_tokens)
+            e0 = self.meter.read_j()
+            t0 = time.perf_counter()
+            try:
+                if concurrency is None:
+                    records = run_open_loop(endpoint, specs, self.supervisor.monitor)
+                else:
+                    records = run_closed_loop(endpoint, specs, concurrency, self.supervisor.monitor)
+            except EngineFailure as failure:
+                self.supervisor.failed(failure)
+                self.db.fail_attempt(point_id, f"{failure.kind}: {failure}")
+                self.log(f"[{self.entry.name}] {failure.kind} during {key.phase} {key.point_key} "
+                         f"(attempt {attempt}): {failure}")
+                self.supervisor.restart(f"{failure.kind}: {failure}")  # the next point needs a healthy engine
+                continue
+            window = time.perf_counter() - t0
+            e1 = self.meter.read_j()
+            energy = (e1 - e0) if (e0 is not None and e1 is not None) else None
+            ok = [r for r in records if r.ok]
+            if qps is None:
+                span = (max(r.finish_s for r in ok) - min(r.send_s for r in ok)) if ok else 0.0
+                rate = len(ok) / span if span > 0 else 0.0
+            else:
+                rate = qps
+            result = measured_result(rate, records, energy)
+            self.db.finish_point(point_id, "done", result, records, energy, window)
+            self.measured += 1
+            return self.db.get_point(key)  # type: ignore[return-value]
+
+    # --- phases ------------------------------------------------------------------------------------
+
+    def burst_probe(self, workload: str, plan_b: BurstPlan, phase: str):
+        def probe(qps: float) -> ProbeResult:
+            arrivals = plan_b.arrivals_s(qps)
+            inp, out = plan_b.lengths(qps)
+            specs = [RequestSpec(i, float(arrivals[i]), self._prompt(i, int(inp[i])), int(inp[i]), int(out[i]))
+                     for i in range(len(arrivals))]
+            point = self.measure(PointKey(self.entry.name, workload, phase, qps_key(qps)), specs, qps=qps)
+            self._last_point = point
+            assert point.result is not None
+            return point.result
+        return probe
+
+    def run_workload(self, workload: str, report: EntryReport) -> None:
+        b = self.plan.burst
+        plan_b = BurstPlan.for_workload(workload, b.seed, b.burst_s, b.min_requests, b.max_requests, b.max_total_tokens)
+        search_probe = self.burst_probe(workload, plan_b, "search")
+        found = []
+        for slo in self.plan.slos:
+            slo_key = (slo.ttft_s, slo.tpot_s)
+            seq = [0]
+
+            def recorded(qps: float, slo=slo, slo_key=slo_key, seq=seq) -> ProbeResult:
+                result = search_probe(qps)
+                assert self._last_point is not None
+                self.db.record_probe(self.entry.name, workload, slo_key, seq[0], qps, self._last_point.id,
+                                     result.meets(slo))
+                seq[0] += 1
+                return result
+
+            outcome = find_saturation(recorded, slo, self.plan.search)
+            passing = None
+            if outcome.passing is not None:
+                passing = self.db.get_point(PointKey(self.entry.name, workload, "search",
+                                                     qps_key(outcome.saturation_qps)))
+            self.db.record_saturation(self.entry.name, workload, slo_key, outcome.saturation_qps, len(outcome.probes),
+                                      outcome.bounded, passing.id if passing else None)
+            report.saturation.append({"workload": workload, "slo_ttft_s": slo.ttft_s, "slo_tpot_s": slo.tpot_s,
+                                      "saturation_qps": outcome.saturation_qps, "probes": len(outcome.probes),
+                                      "bounded": outcome.bounded})
+            self.log(f"[{self.entry.name}] {workload} SLO {slo.ttft_s:g}/{slo.tpot_s:g} s: saturation "
+                     f"{outcome.saturation_qps:.4g} req/s after {len(outcome.probes)} probes")
+            found.append(outcome.saturation_qps)
+        top = max(found) if found else 0.0
+        if top <= 0:
+            self.log(f"[{self.entry.name}] {workload}: no SLO is met even at min_qps; sweeping from min_qps instead")
+            top = self.plan.search.min_qps / min(self.plan.sweep_fractions)
+        points = sweep_points(top, self.plan.sweep_fractions)
+        sweep(self.burst_probe(workload, plan_b, "sweep"), points)
+        report.sweep_points += len(points)
+
+    def capacity(self) -> dict:
+        """The engine's capacities, discovered once (needs the engine) and then read from the database."""
+        info = self.db.info(self.entry.name)
+        if "capacity" in info:
+            return info["capacity"]
+        endpoint = self._engine()
+        found = self.handler.discover_capacity(self.entry, endpoint.base_url)
+        self.db.set_info(self.entry.name, "capacity", found)
+        return found
+
+    def run_fit(self, report: EntryReport) -> None:
+        known = self.handler.known_capacity(self.entry)
+        stored_info = self.db.info(self.entry.name)
+        capacity = stored_info.get("capacity")
+        if capacity is None:
+            specs_known, _ = fit_run_specs(self.plan, known)
+            all_done = all((p := self.db.get_point(PointKey(self.entry.name, "", "fit", s.key))) is not None
+                           and p.status in ("done", "failed") for s in specs_known)
+            capacity = known if all_done else self.capacity()
+        runs, notes = fit_run_specs(self.plan, capacity)
+        for note in notes:
+            self.log(f"[{self.entry.name}] fit: {note}")
+        for i, spec in enumerate(runs):
+            base = FIT_PROMPT_OFFSET + 10_000 * i
+            specs = [RequestSpec(base + j, 0.0, self._prompt(base + j, spec.input_tokens), spec.input_tokens,
+                                 spec.output_tokens) for j in range(spec.requests)]
+            self.measure(PointKey(self.entry.name, "", "fit", spec.key), specs, concurrency=spec.concurrency,
+                         input_tokens=spec.input_tokens, output_tokens=spec.output_tokens)
+            report.fit_runs += 1
+
+    def run_quality(self) -> None:
+        lm = self.plan.quality.run_lm_eval
+        if lm is None or self.db.info(self.entry.name).get("lm_eval_done"):
+            return
+        endpoint = self._engine()
+        out = Path(self.plan.work_dir) / "lm_eval" / self.entry.name
+        tokenizer = self.entry.checkpoint_ref if self.plan.engine.tokenizer else None
+        cmd = lm_eval_command(endpoint.model, endpoint.url, lm.tasks, out, tokenizer, lm.num_concurrent, lm.limit,
+                              lm.extra_args)
+        result = run_lm_eval(cmd, out, Path(self.plan.work_dir) / "logs" / f"{self.entry.name}-lm_eval.log")
+        scores, source = lm_eval_scores(result)
+        rows, missing = task_rows(scores, self.entry.model, self.entry.quant,
+                                  f"{source}; run by qfleet-calibrate against {endpoint.url}")
+        self.db.put_quality(rows)
+        self.db.set_info(self.entry.name, "lm_eval_done", {"results": str(result), "missing_tasks": missing})
+
+    def run(self) -> EntryReport:
+        report = EntryReport(self.entry.name)
+        try:
+            self.db.set_info(self.entry.name, "energy", self.meter.describe())
+            for workload in self.entry.workloads:
+                self.run_workload(workload, report)
+            if self.plan.fit.enabled:
+                self.run_fit(report)
+            self.run_quality()
+        except (EngineStartError, EngineGaveUp, QualityImportError, RuntimeError) as exc:
+            report.error = f"{type(exc).__name__}: {exc}"
+            self.log(f"[{self.entry.name}] stopped: {report.error}")
+            self.db.event(self.run_id, self.entry.name, "entry-failed", None, report.error)
+        finally:
+            self.supervisor.stop("entry finished" if not report.error else "entry failed")
+        return report
+
+
+def import_quality_files(plan: Plan, db: ResultsDB) -> list[str]:
+    notes = []
+    for q in plan.quality.lm_eval_results:
+        scores, source = lm_eval_scores(q.path)
+        rows, missing = task_rows(scores, q.model, q.quant, source)
+        db.put_quality(rows)
+        notes.append(f"{q.path}: {len(rows)} task score(s) for {q.model}/{q.quant}"
+                     + (f"; missing {', '.join(missing)}" if missing else ""))
+    for q in plan.quality.opencompass_csv:
+        scores, source = opencompass_scores(q.path, q.column)
+        rows, missing = task_rows(scores, q.model, q.quant, source)
+        db.put_quality(rows)
+        notes.append(f"{q.path}: {len(rows)} task score(s) for {q.model}/{q.quant}"
+                     + (f"; missing {', '.join(missing)}" if missing else ""))
+    return notes
+
+
+def run_plan(plan: Plan, handler, db: ResultsDB, log: Callable[[str], None] = print, command: str = "",
+             nvml=None) -> RunReport:
+    """Measure every entry of a validated plan; returns what was done."""
+    started = time.perf_counter()
+    db.register_plan(plan.to_json(), {e.name: plan.entry_fingerprint(e) for e in plan.entries})
+    run_id = db.start_run(command, platform.node())
+    quality_notes = import_quality_files(plan, db)
+    reports, measured, skipped, launches, restarts = [], 0, 0, 0, 0
+    energy = ""
+    status = "failed"
+    try:
+        for entry in plan.entries:
+            runner = EntryRunner(plan, entry, handler, db, run_id, log, nvml)
+            energy = energy or (runner.meter.reason or "NVML")
+            reports.append(runner.run())
+            measured += runner.measured
+            skipped += runner.skipped
+            launches += runner.supervisor.launches
+            restarts += runner.supervisor.restarts
+        status = "done" if all(not r.error for r in reports) else "incomplete"
+    finally:
+        db.finish_run(run_id, status)
+    return RunReport(plan.name, reports, measured, skipped, launches, restarts, time.perf_counter() - started,
+                     energy, quality_notes)

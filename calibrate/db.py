@@ -1,0 +1,354 @@
+"""The results database of a profiling plan (SQLite, WAL): nothing finished is ever measured again.
+
+Tables:
+
+* ``plan``          one row per plan name: its JSON and, per entry, a fingerprint of everything that
+                    shapes a measurement (a changed entry under the same plan name is refused);
+* ``runs``          one row per ``qfleet-calibrate`` invocation (start, end, status, command, host);
+* ``points``        the unit of work, unique per (plan, entry, workload, phase, point_key): a burst of
+                    the saturation search or of the QPS sweep, or a fixed-concurrency fit run. A point
+                    is marked ``running`` (committed) when it starts and ``done`` or ``failed`` in the
+                    same transaction that stores its requests, so a crash loses at most the point in
+                    progress, which the next run measures again (its ``attempt`` counts the tries);
+* ``requests``      every request of a finished point (send, token times, usage lengths, error);
+* ``probes``        the saturation search's sequence per (entry, workload, SLO): which QPS, which point,
+                    passed or not;
+* ``saturation``    the search's outcome per (entry, workload, SLO);
+* ``engine_events`` launches, readiness, crashes, hangs, kills and restarts, with log excerpts;
+* ``engine_info``   facts about an entry's engine: version, GPU, idle power, capacities, settings;
+* ``quality``       imported quality scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from calibrate.loadgen import RequestRecord
+from calibrate.search import ProbeResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS plan (
+    name TEXT PRIMARY KEY, plan_json TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entry_fingerprint (
+    plan_name TEXT NOT NULL, entry TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    PRIMARY KEY (plan_name, entry));
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, plan_name TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+    status TEXT NOT NULL, command TEXT, host TEXT);
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY, plan_name TEXT NOT NULL, entry TEXT NOT NULL, workload TEXT NOT NULL,
+    phase TEXT NOT NULL, point_key TEXT NOT NULL, qps REAL, concurrency INTEGER,
+    input_tokens INTEGER, output_tokens INTEGER, status TEXT NOT NULL, attempt INTEGER NOT NULL,
+    result_json TEXT, energy_j REAL, window_s REAL, run_id INTEGER, launch INTEGER,
+    started_at REAL, finished_at REAL, error TEXT,
+    UNIQUE (plan_name, entry, workload, phase, point_key));
+CREATE TABLE IF NOT EXISTS requests (
+    point_id INTEGER NOT NULL, idx INTEGER NOT NULL, send_s REAL, first_token_s REAL, finish_s REAL,
+    input_tokens INTEGER, output_tokens INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER,
+    token_times TEXT, error TEXT, PRIMARY KEY (point_id, idx));
+CREATE TABLE IF NOT EXISTS probes (
+    plan_name TEXT NOT NULL, entry TEXT NOT NULL, workload TEXT NOT NULL, slo_ttft_s REAL NOT NULL,
+    slo_tpot_s REAL NOT NULL, seq INTEGER NOT NULL, qps REAL NOT NULL, point_id INTEGER NOT NULL,
+    passed INTEGER NOT NULL, PRIMARY KEY (plan_name, entry, workload, slo_ttft_s, slo_tpot_s, seq));
+CREATE TABLE IF NOT EXISTS saturation (
+    plan_name TEXT NOT NULL, entry TEXT NOT NULL, workload TEXT NOT NULL, slo_ttft_s REAL NOT NULL,
+    slo_tpot_s REAL NOT NULL, saturation_qps REAL NOT NULL, probes INTEGER NOT NULL, bounded INTEGER NOT NULL,
+    passing_point_id INTEGER,
+    PRIMARY KEY (plan_name, entry, workload, slo_ttft_s, slo_tpot_s));
+CREATE TABLE IF NOT EXISTS engine_events (
+    id INTEGER PRIMARY KEY, run_id INTEGER, plan_name TEXT NOT NULL, entry TEXT NOT NULL, at REAL NOT NULL,
+    kind TEXT NOT NULL, pid INTEGER, detail TEXT);
+CREATE TABLE IF NOT EXISTS engine_info (
+    plan_name TEXT NOT NULL, entry TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (plan_name, entry, key));
+CREATE TABLE IF NOT EXISTS quality (
+    plan_name TEXT NOT NULL, model TEXT NOT NULL, quant TEXT NOT NULL, task TEXT NOT NULL,
+    score REAL NOT NULL, source TEXT NOT NULL, PRIMARY KEY (plan_name, model, quant, task));
+"""
+
+
+class ResultsDbError(RuntimeError):
+    """A results database that does not match the plan run against it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PointKey:
+    entry: str
+    workload: str  # "" for entry-level points (fit runs)
+    phase: str  # "search", "sweep" or "fit"
+    point_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    id: int
+    key: PointKey
+    status: str
+    attempt: int
+    qps: float | None
+    concurrency: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    result: ProbeResult | None
+    energy_j: float | None
+    window_s: float | None
+    error: str | None
+    launch: int | None
+    started_at: float | None
+    finished_at: float | None
+
+
+def qps_key(qps: float) -> str:
+    """A point key for a QPS: exact (repr) so a replayed search finds the points it measured."""
+    return f"qps={float(qps)!r}"
+
+
+def _result_json(result: ProbeResult) -> str:
+    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                       for k, v in asdict(result).items()})
+
+
+def _result_from(text: str | None) -> ProbeResult | None:
+    if text is None:
+        return None
+    values = json.loads(text)
+    return ProbeResult(**{k: (math.nan if v is None else v) for k, v in values.items()})
+
+
+class ResultsDB:
+    def __init__(self, path: str | Path, plan_name: str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.plan_name = plan_name
+        self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultsDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tx(self):
+        return _Transaction(self.conn)
+
+    # --- plan and runs ---------------------------------------------------------------------------
+
+    def register_plan(self, plan_json: str, fingerprints: dict[str, str]) -> None:
+        """Record the plan; refuse an entry whose measurement settings changed under the same name."""
+        with self._tx():
+            row = self.conn.execute("SELECT plan_json FROM plan WHERE name=?", (self.plan_name,)).fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO plan VALUES (?, ?, ?)",
+                                  (self.plan_name, plan_json, time.strftime("%Y-%m-%dT%H:%M:%S")))
+            else:
+                self.conn.execute("UPDATE plan SET plan_json=? WHERE name=?", (plan_json, self.plan_name))
+            for entry, fingerprint in fingerprints.items():
+                old = self.conn.execute(
+                    "SELECT fingerprint FROM entry_fingerprint WHERE plan_name=? AND entry=?",
+                    (self.plan_name, entry)).fetchone()
+                if old is None:
+                    self.conn.execute("INSERT INTO entry_fingerprint VALUES (?, ?, ?)",
+                                      (self.plan_name, entry, fingerprint))
+                elif old[0] != fingerprint:
+                    raise ResultsDbError(
+                        f"{self.path}: plan '{self.plan_name}' entry '{entry}' was measured with different settings "
+                        f"(engine, lengths, burst, search or fit settings changed); its stored points would not "
+                        f"match. Rename the entry or the plan, or use another results_db."
+                    )
+
+    def start_run(self, command: str, host: str) -> int:
+        with self._tx():
+            cur = self.conn.execute("INSERT INTO runs (plan_name, started_at, status, command, host) VALUES (?,?,?,?,?)",
+                                    (self.plan_name, time.time(), "running", command, host))
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        with self._tx():
+            self.conn.execute("UPDATE runs SET finished_at=?, status=? WHERE id=?", (time.time(), status, run_id))
+
+    # --- points ----------------------------------------------------------------------------------
+
+    def get_point(self, key: PointKey) -> StoredPoint | None:
+        row = self.conn.execute(
+            "SELECT id, status, attempt, qps, concurrency, input_tokens, output_tokens, result_json, energy_j, "
+            "window_s, error, launch, started_at, finished_at FROM points "
+            "WHERE plan_name=? AND entry=? AND workload=? AND phase=? AND point_key=?",
+            (self.plan_name, key.entry, key.workload, key.phase, key.point_key)).fetchone()
+        if row is None:
+            return None
+        return StoredPoint(row[0], key, row[1], row[2], row[3], row[4], row[5], row[6], _result_from(row[7]),
+                           row[8], row[9], row[10], row[11], row[12], row[13])
+
+    def begin_point(self, key: PointKey, run_id: int, launch: int, qps: float | None = None,
+                    concurrency: int | None = None, input_tokens: int | None = None,
+                    output_tokens: int | None = None) -> tuple[int, int]:
+        """Mark a point as running (committed at once); returns (point id, attempt number)."""
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT id, status, attempt FROM points WHERE plan_name=? AND entry=? AND workload=? AND phase=? "
+                "AND point_key=?", (self.plan_name, key.entry, key.workload, key.phase, key.point_key)).fetchone()
+            now = time.time()
+            if row is None:
+                cur = self.conn.execute(
+                    "INSERT INTO points (plan_name, entry, workload, phase, point_key, qps, concurrency, input_tokens, "
+                    "output_tokens, status, attempt, run_id, launch, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (self.plan_name, key.entry, key.workload, key.phase, key.point_key, qps, concurrency,
+                     input_tokens, output_tokens, "running", 1, run_id, launch, now))
+                return int(cur.lastrowid), 1
+            if row[1] == "done":
+                raise ResultsDbError(f"point {key} is already done; it must not be measured again")
+            attempt = int(row[2]) + 1
+            self.conn.execute("UPDATE points SET status='running', attempt=?, run_id=?, launch=?, started_at=?, "
+                              "error=NULL WHERE id=?", (attempt, run_id, launch, now, row[0]))
+            return int(row[0]), attempt
+
+    def fail_attempt(self, point_id: int, error: str) -> None:
+        """An attempt interrupted by an engine failure: keep the row 'running'-able, note why."""
+        with self._tx():
+            self.conn.execute("UPDATE points SET status='interrupted', error=? WHERE id=?", (error[:2000], point_id))
+
+    def finish_point(self, point_id: int, status: str, result: ProbeResult | None, records: Iterable[RequestRecord],
+                     energy_j: float | None, window_s: float | None, error: str | None = None) -> None:
+        """Store the point's outcome and all its requests in one transaction."""
+        if status not in ("done", "failed"):
+            raise ValueError(f"finish_point status must be 'done' or 'failed', got {status!r}")
+        with self._tx():
+            self.conn.execute("DELETE FROM requests WHERE point_id=?", (point_id,))
+            self.conn.executemany(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(point_id, r.index, r.send_s, _finite(r.first_token_s), _finite(r.finish_s), r.input_tokens,
+                  r.output_tokens, r.prompt_tokens, r.completion_tokens,
+                  json.dumps([round(t, 6) for t in r.token_times_s]), r.error or None) for r in records])
+            self.conn.execute(
+                "UPDATE points SET status=?, result_json=?, energy_j=?, window_s=?, finished_at=?, error=? WHERE id=?",
+                (status, _result_json(result) if result is not None else None, energy_j, window_s, time.time(),
+                 error, point_id))
+
+    def points(self, entry: str | None = None, phase: str | None = None, status: str | None = None) -> list[StoredPoint]:
+        sql = ("SELECT entry, workload, phase, point_key FROM points WHERE plan_name=?")
+        args: list = [self.plan_name]
+        for col, value in (("entry", entry), ("phase", phase), ("status", status)):
+            if value is not None:
+                sql += f" AND {col}=?"
+                args.append(value)
+        rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [self.get_point(PointKey(*row)) for row in rows]  # type: ignore[misc]
+
+    def requests(self, point_id: int) -> list[RequestRecord]:
+        rows = self.conn.execute(
+            "SELECT idx, send_s, first_token_s, finish_s, token_times, input_tokens, output_tokens, prompt_tokens, "
+            "completion_tokens, error FROM requests WHERE point_id=? ORDER BY idx", (point_id,)).fetchall()
+        return [RequestRecord(r[0], r[1], _nan(r[2]), _nan(r[3]), tuple(json.loads(r[4])), r[5], r[6], r[7], r[8],
+                              r[9] or "") for r in rows]
+
+    # --- search bookkeeping ----------------------------------------------------------------------
+
+    def record_probe(self, entry: str, workload: str, slo: tuple[float, float], seq: int, qps: float,
+                     point_id: int, passed: bool) -> None:
+        with self._tx():
+            self.conn.execute("INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?)",
+                              (self.plan_name, entry, workload, slo[0], slo[1], seq, qps, point_id, int(passed)))
+
+    def probes(self, entry: str, workload: str, slo: tuple[float, float]) -> list[tuple[int, float, int, bool]]:
+        rows = self.conn.execute(
+            "SELECT seq, qps, point_id, passed FROM probes WHERE plan_name=? AND entry=? AND workload=? AND "
+            "slo_ttft_s=? AND slo_tpot_s=? ORDER BY seq", (self.plan_name, entry, workload, slo[0], slo[1])).fetchall()
+        return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def record_saturation(self, entry: str, workload: str, slo: tuple[float, float], saturation_qps: float,
+                          probes: int, bounded: bool, passing_point_id: int | None) -> None:
+        with self._tx():
+            self.conn.execute("INSERT OR REPLACE INTO saturation VALUES (?,?,?,?,?,?,?,?,?)",
+                              (self.plan_name, entry, workload, slo[0], slo[1], saturation_qps, probes, int(bounded),
+                               passing_point_id))
+
+    def saturations(self, entry: str | None = None) -> list[dict]:
+        sql = "SELECT entry, workload, slo_ttft_s, slo_tpot_s, saturation_qps, probes, bounded, passing_point_id " \
+              "FROM saturation WHERE plan_name=?"
+        args: list = [self.plan_name]
+        if entry is not None:
+            sql += " AND entry=?"
+            args.append(entry)
+        keys = ("entry", "workload", "slo_ttft_s", "slo_tpot_s", "saturation_qps", "probes", "bounded", "passing_point_id")
+        return [dict(zip(keys, row)) for row in self.conn.execute(sql, args).fetchall()]
+
+    # --- engine events and facts -----------------------------------------------------------------
+
+    def event(self, run_id: int | None, entry: str, kind: str, pid: int | None = None, detail: str = "") -> None:
+        with self._tx():
+            self.conn.execute("INSERT INTO engine_events (run_id, plan_name, entry, at, kind, pid, detail) "
+                              "VALUES (?,?,?,?,?,?,?)", (run_id, self.plan_name, entry, time.time(), kind, pid,
+                                                         detail[:8000]))
+
+    def events(self, entry: str | None = None, kind: str | None = None) -> list[dict]:
+        sql = "SELECT id, run_id, entry, at, kind, pid, detail FROM engine_events WHERE plan_name=?"
+        args: list = [self.plan_name]
+        if entry is not None:
+            sql += " AND entry=?"
+            args.append(entry)
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind)
+        keys = ("id", "run_id", "entry", "at", "kind", "pid", "detail")
+        return [dict(zip(keys, row)) for row in self.conn.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def set_info(self, entry: str, key: str, value) -> None:
+        with self._tx():
+            self.conn.execute("INSERT OR REPLACE INTO engine_info VALUES (?,?,?,?)",
+                              (self.plan_name, entry, key, json.dumps(value)))
+
+    def info(self, entry: str) -> dict:
+        rows = self.conn.execute("SELECT key, value FROM engine_info WHERE plan_name=? AND entry=?",
+                                 (self.plan_name, entry)).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    # --- quality ---------------------------------------------------------------------------------
+
+    def put_quality(self, rows: Iterable[dict]) -> None:
+        with self._tx():
+            self.conn.executemany("INSERT OR REPLACE INTO quality VALUES (?,?,?,?,?,?)",
+                                  [(self.plan_name, r["model"], r["quant"], r["task"], float(r["score"]), r["source"])
+                                   for r in rows])
+
+    def quality(self) -> list[dict]:
+        keys = ("model", "quant", "task", "score", "source")
+        rows = self.conn.execute("SELECT model, quant, task, score, source FROM quality WHERE plan_name=? "
+                                 "ORDER BY model, quant, task", (self.plan_name,)).fetchall()
+        return [dict(zip(keys, row)) for row in rows]
+
+
+def _finite(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,109 @@
+"""qfleet-calibrate: profile real serving engines into a profile set the simulator runs on (Hydra app).
+
+    qfleet-calibrate                                    # the stand-in demo plan (CPU only)
+    qfleet-calibrate plan=transformers_h100             # transformers serve on one H100
+    qfleet-calibrate plan=trtllm_llama2_h100 dry_run=true   # TensorRT-LLM commands and capability table
+    qfleet-calibrate plan_file=my_plan.json             # a JSON plan with the same keys
+
+Validates the whole plan before launching anything, prints the launch commands and (for TensorRT-LLM)
+which quant methods the engine version can run on each entry's GPU, measures every entry (resuming
+from the results database), then exports the profile set and prints the fit and validation errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from calibrate.config import CalibrateConf
+from calibrate.db import ResultsDB, ResultsDbError
+from calibrate.engines import make_handler
+from calibrate.export import ExportError, export_profile_set
+from calibrate.plan import Plan, PlanError, load_plan_file, plan_from_mapping, validate_plan
+from calibrate.quality_import import QualityImportError
+
+ConfigStore.instance().store(name="qfleet_calibrate_schema", node=CalibrateConf)
+
+
+def plan_of(cfg: DictConfig) -> Plan:
+    if cfg.plan_file:
+        return load_plan_file(cfg.plan_file)
+    return plan_from_mapping(OmegaConf.to_container(cfg.plan, resolve=True, throw_on_missing=True))
+
+
+def describe_plan(plan: Plan, handler) -> list[str]:
+    """What will run: per entry its launch (and preparation) commands; the engine's capability table."""
+    from pathlib import Path
+
+    lines = [f"plan '{plan.name}': {len(plan.entries)} entr{'y' if len(plan.entries) == 1 else 'ies'} on "
+             f"{handler.describe()}; results {plan.results_db}; profile set {plan.export_path}"]
+    for entry in plan.entries:
+        spec = handler.launch_spec(entry, plan.engine.port or 8000, Path(plan.work_dir))
+        lines.append(f"  {entry.name}: {entry.model} {entry.quant} tp={entry.tp} on {entry.gpu} "
+                     f"GPUs {list(entry.devices)}; workloads {list(entry.workloads)}")
+        for step in spec.prepare:
+            lines.append(f"    {step.name}: {' '.join(step.argv)}")
+        lines.append(f"    serve: {' '.join(spec.argv)}")
+    if hasattr(handler, "capability_table"):
+        for gpu, tp, model in sorted({(e.gpu, e.tp, e.model) for e in plan.entries}):
+            lines.append(f"  {handler.describe()} on {gpu} tp={tp} ({model}):")
+            for quant, reason in handler.capability_table(gpu, tp, model):
+                lines.append(f"    {quant:14s} {'ok' if reason is None else 'CANNOT RUN: ' + reason}")
+    return lines
+
+
+def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None = None) -> int:
+    """One qfleet-calibrate invocation; returns the exit code."""
+    command = command or " ".join(["qfleet-calibrate", *sys.argv[1:]])
+    plan = plan_of(cfg)
+    handler = make_handler(plan.engine)
+    validate_plan(plan, handler)
+    for line in describe_plan(plan, handler):
+        log(line)
+    if cfg.dry_run:
+        log("dry run: nothing launched")
+        return 0
+    from calibrate.coordinator import run_plan  # imported late: dry runs need no load generator
+
+    with ResultsDB(plan.results_db, plan.name) as db:
+        report = run_plan(plan, handler, db, log, command)
+        log(f"measured {report.measured_points} point(s), skipped {report.skipped_points} already finished; "
+            f"{report.launches} engine launch(es), {report.restarts} restart(s); {report.wall_s:.1f} s; "
+            f"energy: {report.energy}")
+        for note in report.quality_notes:
+            log(f"quality: {note}")
+        for e in report.entries:
+            for s in e.saturation:
+                log(f"  {e.entry} {s['workload']} SLO P90 TTFT {s['slo_ttft_s']:g} s / TPOT {s['slo_tpot_s']:g} s: "
+                    f"saturation {s['saturation_qps']:.4g} req/s ({s['probes']} probes"
+                    f"{'' if s['bounded'] else ', not bounded'})")
+            if e.error:
+                log(f"  {e.entry}: FAILED: {e.error}")
+        if cfg.export:
+            path, fits = export_profile_set(plan, db, command, log=log)
+            for ef in fits:
+                log(f"  {ef.entry} fit: observation MAPE "
+                    + ", ".join(f"{g} {v:.2f} %" for g, v in sorted(ef.fit.mape_pct.items()))
+                    + "; held-out sweep replay MAPE "
+                    + ", ".join(f"{m} {v:.2f} %" for m, v in sorted(ef.validation_mape_pct.items())))
+            log(f"profile set written to {path}")
+    return 0 if report.ok else 1
+
+
+@hydra.main(version_base="1.3", config_path="../experiments/calibrate_conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        code = run(cfg)
+    except (PlanError, ResultsDbError, ExportError, QualityImportError) as exc:
+        print(f"qfleet-calibrate: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The step-model fit on exact synthetic runs (no server): what is identified, what is fixed, and power."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+
+from calibrate.fit import FitRun, capacity_from, fit_step_model, observations
+from calibrate.loadgen import RequestRecord
+from calibrate.validate import compare
+from profiles.step_model import StepModel
+
+TRUE = StepModel(overhead_s=0.003, per_seq_s=0.0, per_token_s=5e-5, weights_s=0.009, flop_token_s=6e-5,
+                 per_kv_token_s=5e-7, per_prefill_token_s=3e-5, prefill_attn_s=1e-8, idle_w=90.0, active_w=200.0,
+                 flop_token_j=0.01, per_kv_token_j=1e-5, weights_j=2.0, max_power_w=700.0, kv_capacity_tokens=16000,
+                 max_batch=16, max_num_tokens=2048)
+
+
+def closed_loop(step: StepModel, kind: str, clients: int, L: int, O: int, n: int, overhead_s: float = 0.0) -> FitRun:
+    """Per-iteration replay of a closed loop of ``clients`` (each sends its next request when the previous
+    one finished); requests reach the engine ``overhead_s`` after they are sent. Token times are exact."""
+    sends: list[tuple[float, int]] = [(0.0, i) for i in range(min(clients, n))]
+    heapq.heapify(sends)
+    sent = len(sends)
+    waiting: deque[tuple[int, float]] = deque()
+    running: list[list] = []  # [rid, generated]
+    times: dict[int, list[float]] = {}
+    send_at: dict[int, float] = {}
+    now, busy_j, busy_s, reserved = 0.0, 0.0, 0.0, 0
+    while sends or waiting or running:
+        while sends and sends[0][0] + overhead_s <= now:
+            t, rid = heapq.heappop(sends)
+            send_at[rid] = t
+            waiting.append((rid, t + overhead_s))
+        if not waiting and not running:
+            now = sends[0][0] + overhead_s
+            continue
+        new = []
+        budget = step.max_num_tokens
+        while waiting and len(running) + len(new) < step.max_batch and reserved + L + O <= step.kv_capacity_tokens \
+                and L <= budget:
+            new.append(waiting.popleft()[0])
+            reserved += L + O
+            budget -= L
+        kv = sum(L + g for _, g in running)
+        b = len(running)
+        d = step.iteration_s(b + len(new), b + L * len(new), kv, L * len(new), float(L * L * len(new)))
+        busy_j += step.iteration_j(d, b + L * len(new), kv)
+        busy_s += d
+        now += d
+        still = []
+        for rec in running + [[rid, 0] for rid in new]:
+            rec[1] += 1
+            times.setdefault(rec[0], []).append(now)
+            if rec[1] == O:
+                reserved -= L + O
+                if sent < n:
+                    heapq.heappush(sends, (now, sent))
+                    sent += 1
+            else:
+                still.append(rec)
+        running = still
+    records = tuple(RequestRecord(rid, send_at[rid], times[rid][0], times[rid][-1], tuple(times[rid]), L, O, L, O)
+                    for rid in sorted(times))
+    window = now
+    energy = busy_j + step.idle_w * (window - busy_s)
+    return FitRun(kind, clients, L, O, records, energy, window)
+
+
+def design(step: StepModel, overhead_s: float = 0.0) -> list[FitRun]:
+    runs = [closed_loop(step, "prefill", 1, L, 4, 3, overhead_s)
+            for L in (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2040)]
+    runs += [closed_loop(step, "decode", B, L, 32, 2 * B, overhead_s) for L in (64, 512) for B in (1, 2, 4, 8, 16)]
+    return runs
+
+
+IDENTIFIED = ("overhead_s", "weights_s", "flop_token_s", "per_token_s", "per_kv_token_s", "per_prefill_token_s",
+              "prefill_attn_s")
+
+
+def test_exact_runs_give_back_every_identified_parameter():
+    runs = design(TRUE)
+    fit = fit_step_model(runs, {"kv_capacity_tokens": 16000, "max_batch": 16, "max_num_tokens": 2048},
+                         idle_w=90.0, power_limit_w=700.0)
+    for name in IDENTIFIED:
+        assert getattr(fit.step, name) == pytest.approx(getattr(TRUE, name), rel=0.02), name
+    assert fit.step.per_seq_s == 0.0
+    assert fit.kink_tokens == pytest.approx(150.0, rel=0.02)
+    assert fit.request_overhead_s == pytest.approx(0.0, abs=1e-5)
+    assert max(fit.mape_pct.values()) < 0.5
+    for name in ("active_w", "flop_token_j", "per_kv_token_j", "weights_j"):
+        assert getattr(fit.step, name) == pytest.approx(getattr(TRUE, name), rel=0.02), name
+    assert fit.step.idle_w == 90.0 and fit.step.max_power_w == 700.0 and fit.power_mape_pct < 0.5
+    assert (fit.step.kv_capacity_tokens, fit.step.max_batch, fit.step.max_num_tokens) == (16000, 16, 2048)
+
+
+def test_request_overhead_is_fitted_apart_from_the_engine():
+    runs = design(TRUE, overhead_s=0.002)
+    fit = fit_step_model(runs, {"kv_capacity_tokens": 16000, "max_batch": 16, "max_num_tokens": 2048})
+    assert fit.request_overhead_s == pytest.approx(0.002, rel=0.05)
+    for name in IDENTIFIED:
+        assert getattr(fit.step, name) == pytest.approx(getattr(TRUE, name), rel=0.03), name
+    # Without energy every power field is zero, and the notes say so.
+    assert all(getattr(fit.step, f) == 0.0 for f in ("idle_w", "active_w", "weights_j", "max_power_w"))
+    assert any("no GPU energy measured" in n for n in fit.notes)
+    _, mape = compare(fit.step, [(r.label, 0.0, r.records) for r in runs], fit.request_overhead_s)
+    assert max(mape.values()) < 1.0
+
+
+def test_without_a_compute_bound_prefill_the_kink_is_fixed_not_invented():
+    runs = [r for r in design(TRUE) if r.kind == "decode" or r.input_tokens <= 128]
+    fit = fit_step_model(runs, {"kv_capacity_tokens": 16000, "max_batch": 16, "max_num_tokens": 2048})
+    assert fit.kink_tokens is None and fit.step.flop_token_s == 0.0 and fit.step.overhead_s == 0.0
+    assert fit.step.weights_s == pytest.approx(TRUE.overhead_s + TRUE.weights_s, rel=0.02)
+    assert any("no compute-bound prefill identified up to 128" in n for n in fit.notes)
+    for L in (16, 64, 128):  # the measured range is predicted as well as before
+        assert fit.step.iteration_s(1, L, 0, L, L * L) == pytest.approx(TRUE.iteration_s(1, L, 0, L, L * L), rel=0.02)
+
+
+def test_decode_observations_read_the_right_kv_positions():
+    run = closed_loop(TRUE, "decode", 4, 100, 33, 4)
+    obs = observations([run])
+    assert [o.n_seq for o in obs] == [4] * len(obs)
+    for o in obs:
+        per_seq = o.kv_tokens / 4 - 100
+        assert o.seconds == pytest.approx(TRUE.iteration_s(4, 4, o.kv_tokens), rel=1e-3), per_seq
+
+
+def test_capacity_without_engine_report_is_a_labelled_lower_bound():
+    runs = [closed_loop(TRUE, "decode", 8, 64, 16, 8), closed_loop(TRUE, "prefill", 1, 512, 4, 1)]
+    cap, source = capacity_from(runs, {})
+    assert cap == {"kv_capacity_tokens": 8 * 80, "max_batch": 8, "max_num_tokens": 512}
+    assert source.count("a lower bound") == 3
+    cap, source = capacity_from(runs, {"kv_capacity_tokens": 9000})
+    assert cap["kv_capacity_tokens"] == 9000 and "kv_capacity_tokens reported by the engine" in source
+
+
+def test_fit_refuses_runs_that_cannot_identify_it():
+    with pytest.raises(ValueError, match="prefill runs at 3 or more prompt lengths"):
+        fit_step_model([closed_loop(TRUE, "prefill", 1, 64, 4, 2), closed_loop(TRUE, "decode", 2, 64, 16, 2)])
