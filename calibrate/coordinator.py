@@ -32,6 +32,7 @@ from calibrate.validate import measured_result
 
 FIT_PROMPT_OFFSET = 1_000_000  # prompt indices of fit runs, away from the bursts' pool
 WARMUP_PROMPT_OFFSET = 2_000_000
+REPLAY_PROMPT_OFFSET = 3_000_000
 
 
 def failed_result(qps: float, n: int) -> ProbeResult:
@@ -270,6 +271,22 @@ class EntryRunner:
         sweep(self.burst_probe(workload, plan_b, "sweep"), points)
         report.sweep_points += len(points)
 
+    def run_replay(self, replay) -> None:
+        """A slice of a real trace, its arrival pattern scaled to the replay's rate (phase "replay")."""
+        from traces.azure import load_azure_trace, load_shipped_trace
+        from traces.transform import scale_to_rate, slice_time
+
+        trace = load_shipped_trace(replay.trace) if replay.trace in ("conv", "code") else load_azure_trace(replay.trace)
+        piece = scale_to_rate(slice_time(trace, replay.start_s, replay.start_s + replay.duration_s), replay.rate_qps)
+        out = [max(1, min(int(o), replay.max_total_tokens - 1)) for o in piece.output_tokens]
+        inp = [max(1, min(int(i), replay.max_total_tokens - o)) for i, o in zip(piece.input_tokens, out)]
+        base = REPLAY_PROMPT_OFFSET
+        specs = [RequestSpec(base + j, float(piece.arrival_s[j]), self._prompt(base + j, inp[j]), inp[j], out[j])
+                 for j in range(len(piece))]
+        point = self.measure(PointKey(self.entry.name, f"trace:{replay.trace}", "replay", replay.name), specs)
+        self.log(f"[{self.entry.name}] replay {replay.name}: {len(specs)} requests at {replay.rate_qps:g} req/s "
+                 f"({point.status})")
+
     def capacity(self) -> dict:
         """The engine's capacities, discovered once (needs the engine) and then read from the database."""
         info = self.db.info(self.entry.name)
@@ -324,6 +341,8 @@ class EntryRunner:
                 self.run_workload(workload, report)
             if self.plan.fit.enabled:
                 self.run_fit(report)
+            for replay in self.plan.replays_for(self.entry):
+                self.run_replay(replay)
             self.run_quality()
         except (EngineStartError, EngineGaveUp, QualityImportError, RuntimeError) as exc:
             report.error = f"{type(exc).__name__}: {exc}"

@@ -86,6 +86,7 @@ class PlanEntry:
     gpu: str  # profile label of the GPU type, e.g. h100-80gb
     workloads: tuple[str, ...]
     gpu_indices: tuple[int, ...] | None = None  # default: 0 .. tp-1
+    launch_args: tuple[str, ...] = ()  # generic engines: flags added to this entry's launch (e.g. a quantization)
 
     @property
     def devices(self) -> tuple[int, ...]:
@@ -151,6 +152,23 @@ class QualitySpec:
 
 
 @dataclass(frozen=True)
+class ReplaySpec:
+    """Replay a slice of a real trace (Azure LLM trace format) against an entry's engine.
+
+    The slice ``[start_s, start_s + duration_s)`` keeps its arrival pattern, compressed or stretched
+    so its mean rate is ``rate_qps`` (the instance's capacity is the caller's to judge), and its
+    lengths, clipped so input + output fit ``max_total_tokens``."""
+
+    name: str
+    trace: str  # "conv" / "code" (the shipped Azure 2023 traces) or a CSV path
+    start_s: float
+    duration_s: float
+    rate_qps: float
+    entries: tuple[str, ...] = ()  # empty: the plan's first entry
+    max_total_tokens: int = 4096
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     entries: tuple[PlanEntry, ...]
@@ -167,6 +185,11 @@ class Plan:
     energy: EnergySpec = field(default_factory=EnergySpec)
     quality: QualitySpec = field(default_factory=QualitySpec)
     max_attempts_per_point: int = 2
+    replays: tuple[ReplaySpec, ...] = ()
+
+    def replays_for(self, entry: PlanEntry) -> tuple[ReplaySpec, ...]:
+        first = self.entries[0].name if self.entries else ""
+        return tuple(r for r in self.replays if entry.name in (r.entries or (first,)))
 
     def entry(self, name: str) -> PlanEntry:
         for e in self.entries:
@@ -264,7 +287,7 @@ def _mapping(value, where):
 
 
 PLAN_KEYS = {"name", "entries", "engine", "slos", "results_db", "export_path", "work_dir", "gpus_available",
-             "search", "sweep_fractions", "burst", "fit", "energy", "quality", "max_attempts_per_point"}
+             "search", "sweep_fractions", "burst", "fit", "energy", "quality", "max_attempts_per_point", "replays"}
 
 
 def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
@@ -285,7 +308,7 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
         raise PlanError("plan.entries: expected a list of entries")
     entries = tuple(
         _build(PlanEntry, e, f"plan.entries[{i}]" + (f" ('{e.get('name')}')" if isinstance(e, Mapping) else ""),
-               {"workloads": _tuple_of(_str), "gpu_indices": _tuple_of(_int)})
+               {"workloads": _tuple_of(_str), "gpu_indices": _tuple_of(_int), "launch_args": _tuple_of(_str)})
         for i, e in enumerate(values["entries"]))
     slos = []
     for i, s in enumerate(values["slos"]):
@@ -332,6 +355,8 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
         energy=_build(EnergySpec, values.get("energy"), "plan.energy"),
         quality=quality,
         max_attempts_per_point=_int(values.get("max_attempts_per_point", 2), "plan.max_attempts_per_point"),
+        replays=tuple(_build(ReplaySpec, r, f"plan.replays[{i}]", {"entries": _tuple_of(_str)})
+                      for i, r in enumerate(values.get("replays") or ())),
     )
 
 
@@ -366,6 +391,16 @@ def plan_problems(plan: Plan, handler) -> list[str]:
     for i, slo in enumerate(plan.slos):
         if not (slo.ttft_s > 0 and slo.tpot_s > 0):
             problems.append(f"plan.slos[{i}]: ttft_s and tpot_s must be > 0, got {slo}")
+    entry_names = {e.name for e in plan.entries}
+    for i, r in enumerate(plan.replays):
+        where = f"plan.replays[{i}] ('{r.name}')"
+        if not (r.duration_s > 0 and r.start_s >= 0 and r.rate_qps > 0 and r.max_total_tokens >= 2):
+            problems.append(f"{where}: need start_s >= 0, duration_s > 0, rate_qps > 0, max_total_tokens >= 2")
+        if r.trace not in ("conv", "code") and not Path(r.trace).exists():
+            problems.append(f"{where}, field 'trace': '{r.trace}' is neither 'conv', 'code' nor an existing CSV")
+        for name in r.entries:
+            if name not in entry_names:
+                problems.append(f"{where}, field 'entries': no entry named '{name}'")
     bad_fracs = [f for f in plan.sweep_fractions if not f > 0]
     if not plan.sweep_fractions or bad_fracs:
         problems.append(f"plan.sweep_fractions: needs positive fractions of saturation, got {list(plan.sweep_fractions)}")

@@ -103,6 +103,9 @@ def test_generic_launch_template(tmp_path):
     assert spec.argv == ("serve", plan.entries[0].checkpoint, "--port=9001", "--tp", "1", "{literal}")
     assert spec.env == {"CUDA_VISIBLE_DEVICES": "0", "HF_HOME": "/w/hf"}
     assert spec.health_url == "http://127.0.0.1:9001/health"
+    data["entries"][0]["launch_args"] = ["--quantization", "bnb-4bit", "--tag={quant}"]
+    spec = make_handler(plan_from_mapping(data).engine).launch_spec(plan_from_mapping(data).entries[0], 9001, Path("/w"))
+    assert spec.argv[-3:] == ("--quantization", "bnb-4bit", f"--tag={plan.entries[0].quant}")
     with pytest.raises(LaunchTemplateError, match=r"unknown placeholder\(s\) \{nosuch\}"):
         render("--x={nosuch}", {"port": "1"})
     data["engine"]["launch"] = ["serve", "{modle}"]

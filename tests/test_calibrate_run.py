@@ -270,3 +270,31 @@ def test_point_left_running_by_a_crashed_coordinator_is_measured_again(tmp_path)
         point = db.get_point(key)
         assert point.status == "done" and point.attempt == 2 and len(db.requests(point.id)) == 10
     assert np.isfinite(point.result.p90_ttft_s)
+
+
+def test_trace_replay_phase_keeps_every_request(tmp_path):
+    """A slice of the shipped Azure conv trace, scaled to a rate, replayed once and recorded per request."""
+    replay = {"name": "conv-slice", "trace": "conv", "start_s": 100.0, "duration_s": 6.0, "rate_qps": 12.0,
+              "max_total_tokens": 160}
+    plan = plan_from_mapping(standin_plan(tmp_path, "replay-test", replays=[replay], sweep_fractions=[1.0]))
+    handler = make_handler(plan.engine)
+    validate_plan(plan, handler)
+    from traces.azure import load_shipped_trace
+    from traces.transform import scale_to_rate, slice_time
+
+    expected = scale_to_rate(slice_time(load_shipped_trace("conv"), 100.0, 106.0), 12.0)
+    with ResultsDB(plan.results_db, plan.name) as db:
+        report = run_plan(plan, handler, db, log=lambda _: None)
+        assert report.ok
+        point = db.get_point(PointKey("standin-fp16", "trace:conv", "replay", "conv-slice"))
+        assert point is not None and point.status == "done"
+        records = db.requests(point.id)
+    assert len(records) == len(expected) > 0
+    assert all(r.ok for r in records)
+    sends = np.array([r.send_s for r in records])
+    assert np.allclose(sends - sends[0], expected.arrival_s - expected.arrival_s[0], atol=0.05)
+    assert all(r.input_tokens + r.output_tokens <= 160 for r in records)
+    # A second run finds the replay done and sends nothing.
+    with ResultsDB(plan.results_db, plan.name) as db:
+        again = run_plan(plan, handler, db, log=lambda _: None)
+    assert again.measured_points == 0

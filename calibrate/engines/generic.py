@@ -43,7 +43,7 @@ class GenericHandler(HandlerBase):
 
     def launch_spec(self, entry: PlanEntry, port: int, workdir: Path) -> LaunchSpec:
         values = template_values(entry, self.spec.host, port, workdir)
-        argv = tuple(render(arg, values) for arg in self.spec.launch)
+        argv = tuple(render(arg, values) for arg in (*self.spec.launch, *entry.launch_args))
         env = {"CUDA_VISIBLE_DEVICES": values["gpu_indices"], **{k: render(str(v), values) for k, v in self.spec.env.items()}}
         base = self.base_url(port)
         return LaunchSpec(argv=argv, base_url=base, health_url=base + self.spec.health_path, env=env)
