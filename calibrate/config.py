@@ -42,6 +42,8 @@ class EngineConf:
     tokenizer: Optional[str] = None
     capacity_path: Optional[str] = None
     capacity: dict[str, int] = field(default_factory=dict)
+    capacity_source: str = ""
+    scheduling: dict[str, Any] = field(default_factory=dict)
     supported_quants: Optional[list[str]] = None
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 900.0
@@ -64,6 +66,10 @@ class EntryConf:
     gpu: str = MISSING
     workloads: list[str] = field(default_factory=list)
     gpu_indices: Optional[list[int]] = None
+    launch_args: list[str] = field(default_factory=list)
+    capacity: dict[str, int] = field(default_factory=dict)
+    capacity_source: str = ""
+    scheduling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,3 +164,9 @@ class CalibrateConf:
     plan_file: Optional[str] = None  # a JSON plan (same keys as `plan`); replaces the composed plan
     dry_run: bool = False  # validate and print what would run; launch nothing
     export: bool = True  # write the profile set after measuring
+    # Export (and validate) from the results database only: no checkpoint, engine or GPU needed, nothing
+    # measured, the database opened read-only (its entries' fingerprints must match the plan's).
+    export_only: bool = False
+    # Accept capacities the engine did not report and the plan does not state as the largest fit run (a lower
+    # bound that caps the simulated instance); refused by default.
+    export_lower_bounds: bool = False

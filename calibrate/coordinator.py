@@ -26,6 +26,7 @@ from calibrate.plan import Plan, PlanEntry
 from calibrate.prompts import PromptBuilder, load_tokenizer
 from calibrate.quality_import import (QualityImportError, lm_eval_command, lm_eval_scores, opencompass_scores,
                                       run_lm_eval, task_rows)
+from calibrate.replay import replay_requests
 from calibrate.search import ProbeResult, find_saturation, sweep, sweep_points
 from calibrate.supervisor import EngineGaveUp, EngineStartError, EngineSupervisor
 from calibrate.validate import measured_result
@@ -273,16 +274,11 @@ class EntryRunner:
 
     def run_replay(self, replay) -> None:
         """A slice of a real trace, its arrival pattern scaled to the replay's rate (phase "replay")."""
-        from traces.azure import load_azure_trace, load_shipped_trace
-        from traces.transform import scale_to_rate, slice_time
-
-        trace = load_shipped_trace(replay.trace) if replay.trace in ("conv", "code") else load_azure_trace(replay.trace)
-        piece = scale_to_rate(slice_time(trace, replay.start_s, replay.start_s + replay.duration_s), replay.rate_qps)
-        out = [max(1, min(int(o), replay.max_total_tokens - 1)) for o in piece.output_tokens]
-        inp = [max(1, min(int(i), replay.max_total_tokens - o)) for i, o in zip(piece.input_tokens, out)]
+        reqs = replay_requests(replay)
         base = REPLAY_PROMPT_OFFSET
-        specs = [RequestSpec(base + j, float(piece.arrival_s[j]), self._prompt(base + j, inp[j]), inp[j], out[j])
-                 for j in range(len(piece))]
+        specs = [RequestSpec(base + j, float(reqs.arrival_s[j]), self._prompt(base + j, int(reqs.input_tokens[j])),
+                             int(reqs.input_tokens[j]), int(reqs.output_tokens[j]))
+                 for j in range(len(reqs.arrival_s))]
         point = self.measure(PointKey(self.entry.name, f"trace:{replay.trace}", "replay", replay.name), specs)
         self.log(f"[{self.entry.name}] replay {replay.name}: {len(specs)} requests at {replay.rate_qps:g} req/s "
                  f"({point.status})")
@@ -374,7 +370,11 @@ def run_plan(plan: Plan, handler, db: ResultsDB, log: Callable[[str], None] = pr
              nvml=None) -> RunReport:
     """Measure every entry of a validated plan; returns what was done."""
     started = time.perf_counter()
-    db.register_plan(plan.to_json(), {e.name: plan.entry_fingerprint(e) for e in plan.entries})
+    migrated = db.register_plan(plan.to_json(), {e.name: plan.entry_fingerprint(e) for e in plan.entries},
+                                plan.legacy_fingerprints)
+    for name in migrated:
+        log(f"results database {db.path}: entry '{name}' fingerprint migrated to version 2 (stated capacities "
+            f"and scheduling facts are no longer part of it)")
     run_id = db.start_run(command, platform.node())
     quality_notes = import_quality_files(plan, db)
     reports, measured, skipped, launches, restarts = [], 0, 0, 0, 0

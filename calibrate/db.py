@@ -3,7 +3,13 @@
 Tables:
 
 * ``plan``          one row per plan name: its JSON and, per entry, a fingerprint of everything that
-                    shapes a measurement (a changed entry under the same plan name is refused);
+                    shapes a measurement (a changed entry under the same plan name is refused). Fingerprints
+                    are version 2 (``Plan.entry_fingerprint``: stated capacities and scheduling facts left out,
+                    they do not change a measurement); a database holding version 1 (before qfleet knew stated
+                    capacities, with ``engine.capacity`` hashed) is migrated when the plan is registered: an
+                    entry whose stored fingerprint equals its version-1 fingerprint, computed with the
+                    ``engine.capacity`` of the stored plan, gets its version-2 fingerprint (an engine event
+                    ``fingerprint-migrated`` records it); anything else is still refused;
 * ``runs``          one row per ``qfleet-calibrate`` invocation (start, end, status, command, host);
 * ``points``        the unit of work, unique per (plan, entry, workload, phase, point_key): a burst of
                     the saturation search or of the QPS sweep, or a fixed-concurrency fit run. A point
@@ -27,7 +33,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from calibrate.loadgen import RequestRecord
 from calibrate.search import ProbeResult
@@ -121,11 +127,26 @@ def _result_from(text: str | None) -> ProbeResult | None:
     return ProbeResult(**{k: (math.nan if v is None else v) for k, v in values.items()})
 
 
+LegacyFingerprints = Callable[[dict | None], dict[str, str]]
+
+
 class ResultsDB:
-    def __init__(self, path: str | Path, plan_name: str):
+    def __init__(self, path: str | Path, plan_name: str, readonly: bool = False):
+        """Open (or create) a results database. ``readonly=True`` opens an existing one without writing
+        anything, not even SQLite's WAL side files when none exist (for exports and fidelity reports from a
+        committed database)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.plan_name = plan_name
+        self.readonly = readonly
+        if readonly:
+            if not self.path.is_file():
+                raise ResultsDbError(f"{self.path}: results database not found")
+            wal = self.path.with_name(self.path.name + "-wal")
+            flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+            self.conn = sqlite3.connect(f"file:{self.path.resolve()}?{flags}", uri=True, timeout=30.0,
+                                        isolation_level=None)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -146,9 +167,57 @@ class ResultsDB:
 
     # --- plan and runs ---------------------------------------------------------------------------
 
-    def register_plan(self, plan_json: str, fingerprints: dict[str, str]) -> None:
-        """Record the plan; refuse an entry whose measurement settings changed under the same name."""
+    def _mismatch(self, entry: str) -> ResultsDbError:
+        return ResultsDbError(
+            f"{self.path}: plan '{self.plan_name}' entry '{entry}' was measured with different settings "
+            f"(engine, lengths, burst, search or fit settings changed); its stored points would not "
+            f"match. Rename the entry or the plan, or use another results_db.")
+
+    def _fingerprint_states(self, fingerprints: dict[str, str], legacy: LegacyFingerprints | None
+                            ) -> dict[str, str]:
+        """Per entry: 'new' (none stored), 'match', 'legacy' (stored is its version-1 fingerprint) or 'mismatch'."""
+        row = self.conn.execute("SELECT plan_json FROM plan WHERE name=?", (self.plan_name,)).fetchone()
+        old_fps: dict[str, str] | None = None
+        states = {}
+        for entry, fingerprint in fingerprints.items():
+            old = self.conn.execute("SELECT fingerprint FROM entry_fingerprint WHERE plan_name=? AND entry=?",
+                                    (self.plan_name, entry)).fetchone()
+            if old is None:
+                states[entry] = "new"
+            elif old[0] == fingerprint:
+                states[entry] = "match"
+            else:
+                if old_fps is None:
+                    stored = None
+                    if row is not None:
+                        try:
+                            stored = json.loads(row[0])
+                        except json.JSONDecodeError:
+                            stored = None
+                    old_fps = legacy(stored) if legacy is not None else {}
+                states[entry] = "legacy" if old_fps.get(entry) == old[0] else "mismatch"
+        return states
+
+    def check_fingerprints(self, fingerprints: dict[str, str], legacy: LegacyFingerprints | None = None) -> None:
+        """Read-only: raise if an entry stored here was measured with other settings (a version-1 fingerprint
+        that migrates counts as matching); entries never measured here pass."""
+        for entry, state in self._fingerprint_states(fingerprints, legacy).items():
+            if state == "mismatch":
+                raise self._mismatch(entry)
+
+    def register_plan(self, plan_json: str, fingerprints: dict[str, str],
+                      legacy: LegacyFingerprints | None = None) -> list[str]:
+        """Record the plan; refuse an entry whose measurement settings changed under the same name.
+
+        ``legacy(stored_plan)`` gives the version-1 fingerprints of the entries (``Plan.legacy_fingerprints``);
+        an entry stored under its version-1 fingerprint is migrated to ``fingerprints``. Returns the migrated
+        entries."""
+        migrated = []
         with self._tx():
+            states = self._fingerprint_states(fingerprints, legacy)
+            for entry, state in states.items():
+                if state == "mismatch":
+                    raise self._mismatch(entry)
             row = self.conn.execute("SELECT plan_json FROM plan WHERE name=?", (self.plan_name,)).fetchone()
             if row is None:
                 self.conn.execute("INSERT INTO plan VALUES (?, ?, ?)",
@@ -156,24 +225,31 @@ class ResultsDB:
             else:
                 self.conn.execute("UPDATE plan SET plan_json=? WHERE name=?", (plan_json, self.plan_name))
             for entry, fingerprint in fingerprints.items():
-                old = self.conn.execute(
-                    "SELECT fingerprint FROM entry_fingerprint WHERE plan_name=? AND entry=?",
-                    (self.plan_name, entry)).fetchone()
-                if old is None:
+                if states[entry] == "new":
                     self.conn.execute("INSERT INTO entry_fingerprint VALUES (?, ?, ?)",
                                       (self.plan_name, entry, fingerprint))
-                elif old[0] != fingerprint:
-                    raise ResultsDbError(
-                        f"{self.path}: plan '{self.plan_name}' entry '{entry}' was measured with different settings "
-                        f"(engine, lengths, burst, search or fit settings changed); its stored points would not "
-                        f"match. Rename the entry or the plan, or use another results_db."
-                    )
+                elif states[entry] == "legacy":
+                    self.conn.execute("UPDATE entry_fingerprint SET fingerprint=? WHERE plan_name=? AND entry=?",
+                                      (fingerprint, self.plan_name, entry))
+                    self.conn.execute(
+                        "INSERT INTO engine_events (run_id, plan_name, entry, at, kind, pid, detail) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (None, self.plan_name, entry, time.time(), "fingerprint-migrated", None,
+                         f"entry fingerprint version 1 -> 2 ({fingerprint}): stated capacities and scheduling "
+                         f"facts are no longer part of it"))
+                    migrated.append(entry)
+        return migrated
 
     def start_run(self, command: str, host: str) -> int:
         with self._tx():
             cur = self.conn.execute("INSERT INTO runs (plan_name, started_at, status, command, host) VALUES (?,?,?,?,?)",
                                     (self.plan_name, time.time(), "running", command, host))
             return int(cur.lastrowid)
+
+    def run_commands(self) -> list[str]:
+        """The distinct commands of the plan's recorded invocations, in order (provenance of a re-export)."""
+        rows = self.conn.execute("SELECT command FROM runs WHERE plan_name=? ORDER BY id", (self.plan_name,))
+        return list(dict.fromkeys(r[0] for r in rows if r[0]))
 
     def finish_run(self, run_id: int, status: str) -> None:
         with self._tx():

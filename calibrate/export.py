@@ -23,10 +23,11 @@ import pandas as pd
 from calibrate.arrivals import BurstPlan
 from calibrate.db import ResultsDB
 from calibrate.fit import FitRun, StepFit, fit_step_model
-from calibrate.plan import Plan, PlanEntry
+from calibrate.plan import Plan, PlanEntry, shown_path
 from calibrate.validate import compare
 from profiles.profile_set import ProfileSet, default_profile_path, write_profile_set
 from profiles.schema import CURVE_COLUMNS, CURVE_METRICS, QUALITY_COLUMNS, SATURATION_COLUMNS, STEP_MODEL_COLUMNS, \
+    STEP_MODEL_OPTIONAL_COLUMNS, \
     WORKLOAD_COLUMNS
 from traces.workloads import describe_workload
 
@@ -61,7 +62,9 @@ def _fit_runs(db: ResultsDB, entry: PlanEntry) -> list[FitRun]:
     return runs
 
 
-def fit_entry(db: ResultsDB, entry: PlanEntry) -> EntryFit:
+def fit_only(db: ResultsDB, entry: PlanEntry, stated: dict | None = None, source: str = "") -> tuple[StepFit, list]:
+    """The step model of an entry fitted on its fit runs only (nothing else from the database but the idle
+    baseline, the power limit and what the engine reported); returns (fit, the fit runs)."""
     runs = _fit_runs(db, entry)
     if not runs:
         raise ExportError(f"entry '{entry.name}': no finished fit runs in {db.path}; run the plan with fit.enabled")
@@ -70,9 +73,16 @@ def fit_entry(db: ResultsDB, entry: PlanEntry) -> EntryFit:
     idle_w = statistics.median(idles) if idles else None
     power_limit = (info.get("energy") or {}).get("power_limit_w")
     try:
-        sfit = fit_step_model(runs, info.get("capacity") or {}, idle_w, power_limit)
+        return fit_step_model(runs, info.get("capacity") or {}, idle_w, power_limit, stated, source), runs
     except ValueError as exc:
         raise ExportError(f"entry '{entry.name}': step-model fit failed: {exc}") from None
+
+
+def fit_entry(db: ResultsDB, entry: PlanEntry, plan: Plan | None = None) -> EntryFit:
+    """Fit an entry's step model on its fit runs only (with the plan's stated capacities and scheduling facts,
+    when a plan is given) and replay its sweep bursts through the simulator (held out)."""
+    stated, source = plan.stated_capacity(entry) if plan is not None else ({}, "")
+    sfit, runs = fit_only(db, entry, stated, source)
     sweep = [(f"{p.key.workload} {p.key.point_key}", float(p.qps), db.requests(p.id))
              for p in db.points(entry=entry.name, phase="sweep", status="done")]
     _, held_out = compare(sfit.step, sweep, sfit.request_overhead_s)
@@ -117,7 +127,11 @@ def _quality_rows(plan: Plan, db: ResultsDB, log: Callable[[str], None]) -> tupl
 
 
 def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path | None = None,
-                       log: Callable[[str], None] = print) -> tuple[Path, list[EntryFit]]:
+                       log: Callable[[str], None] = print,
+                       allow_lower_bounds: bool = False) -> tuple[Path, list[EntryFit]]:
+    """Write the plan's profile set. A capacity neither stated in the plan nor reported by the engine would
+    become a hard cap of the simulated instance at the largest fit run; that is refused (``ExportError``
+    naming the entry and the fields) unless ``allow_lower_bounds``."""
     target = Path(path or plan.export_path)
     step_rows, curve_rows, sat_rows, fits = [], [], [], []
     workloads: set[str] = set()
@@ -126,7 +140,16 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
         if not points:
             log(f"export: entry '{entry.name}' has no finished sweep; skipped")
             continue
-        ef = fit_entry(db, entry)
+        ef = fit_entry(db, entry, plan)
+        if ef.fit.lower_bounds and not allow_lower_bounds:
+            raise ExportError(
+                f"entry '{entry.name}': capacity {', '.join(ef.fit.lower_bounds)} neither reported by the engine nor "
+                f"stated in the plan; the largest fit run (a lower bound) would cap the simulated instance. State "
+                f"them in plan.entries[].capacity (or plan.engine.capacity) with capacity_source saying where they "
+                f"come from, or export with export_lower_bounds=true to accept the lower bounds")
+        if ef.fit.lower_bounds:
+            log(f"export: entry '{entry.name}': {', '.join(ef.fit.lower_bounds)} = largest fit run (lower bound, "
+                f"accepted by export_lower_bounds)")
         fits.append(ef)
         prov = _provenance(plan, db, entry, command)
         base = {"gpu": entry.gpu, "model": entry.model, "quant": entry.quant, "tp": entry.tp}
@@ -184,8 +207,10 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
         "created": dt.date.today().isoformat(),
         "command": command,
         "engine": {"kind": plan.engine.kind, "version": plan.engine.version},
-        "results_db": str(db.path),
-        "fit": {ef.entry: {"mape_pct": ef.fit.mape_pct, "validation_mape_pct": ef.validation_mape_pct,
+        "results_db": shown_path(db.path),
+        "fit": {ef.entry: {"capacity_source": ef.fit.capacity_source,
+                           "capacity_lower_bounds": list(ef.fit.lower_bounds),
+                           "mape_pct": ef.fit.mape_pct, "validation_mape_pct": ef.validation_mape_pct,
                            "in_sample_replay_mape_pct": ef.in_sample_mape_pct,
                            "request_overhead_s": ef.fit.request_overhead_s, "kink_tokens": ef.fit.kink_tokens,
                            "power_mape_pct": ef.fit.power_mape_pct, "notes": list(ef.fit.notes),
@@ -194,7 +219,7 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
         "workloads": sorted(workloads),
     }
     tables = {
-        "step_models": pd.DataFrame(step_rows, columns=list(STEP_MODEL_COLUMNS)),
+        "step_models": pd.DataFrame(step_rows, columns=list(STEP_MODEL_COLUMNS) + list(STEP_MODEL_OPTIONAL_COLUMNS)),
         "curves": pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS)),
         "saturation": pd.DataFrame(sat_rows, columns=list(SATURATION_COLUMNS)),
         "quality": pd.DataFrame(quality, columns=list(QUALITY_COLUMNS)),

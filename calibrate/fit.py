@@ -34,7 +34,14 @@ What the runs identify, and what is fixed (reported in ``StepFit.notes``):
   non-negative least squares on each run's NVML energy, with the run's iteration sums from replaying it
   through the fitted time model; ``max_power_w`` from NVML's power limit) only when energy was measured;
   otherwise every power field is 0 and the note says so;
-* capacities from the engine when it reports them, else the largest sustained run (lower bounds).
+* ``admission_lead_per_seq_s = per_seq_s`` when the plan states ``host_admission`` (a Python engine whose
+  front-end waits for the loop's per-sequence host work; no extra parameter is fitted);
+* ``per_padded_kv_token_s`` only when the engine pads its KV read to static shapes (``kv_pad_tokens`` stated
+  in the plan, e.g. transformers' CUDA-graph padding of 16,384 tokens) and some decode run reads more than
+  one padding bucket; the padding interval itself is an engine fact, not fitted;
+* capacities stated in the plan (derived from the engine's documented limits, with their source), else
+  reported by the engine, else the largest sustained run: a lower bound, flagged in ``StepFit.lower_bounds``
+  (the export refuses to turn one into a hard cap of the simulated instance unless the plan asks for it).
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class StepFit:
     power_mape_pct: float | None = None
     capacity_source: str = ""
     extra: dict = field(default_factory=dict)
+    lower_bounds: tuple[str, ...] = ()  # capacity fields that are only the largest sustained fit run
 
 
 def _usable(record: RequestRecord, output_tokens: int) -> bool:
@@ -132,23 +140,41 @@ def observations(runs: Sequence[FitRun], window: tuple[float, float] = (0.25, 0.
     return obs
 
 
-def _design(obs: Sequence[Observation], kink: float) -> np.ndarray:
+@dataclass(frozen=True)
+class KvPadding:
+    """The engine's KV padding (static shapes): interval in tokens (0: none) and the cap (its KV capacity)."""
+
+    tokens: int = 0
+    cap_tokens: float = math.inf
+
+    def padded(self, kv_tokens: float) -> float:
+        if self.tokens <= 0:
+            return 0.0
+        buckets = max(1, math.ceil(kv_tokens / self.tokens)) if kv_tokens > 0 else 1
+        return float(min(buckets * self.tokens, self.cap_tokens))
+
+
+NO_PADDING = KvPadding()
+
+
+def _design(obs: Sequence[Observation], kink: float, padding: KvPadding = NO_PADDING) -> np.ndarray:
     """Columns: overhead, weights, K (per-request constant of a prefill: per_seq_s + request overhead),
     P (prefill slope: per_token_s + per_prefill_token_s), prefill_attn, a (decode slope: per_seq_s +
-    per_token_s), per_kv_token."""
+    per_token_s), per_kv_token, per_padded_kv_token (all zero without padding)."""
     rows = []
     for o in obs:
         weights_coef = max(1.0, o.n_tok / kink) if math.isfinite(kink) else 1.0
+        padded = padding.padded(o.kv_tokens)
         if o.group == "prefill":
-            rows.append([1.0, weights_coef, 1.0, o.prefill_tokens, o.prefill_sq_tokens, 0.0, 0.0])
+            rows.append([1.0, weights_coef, 1.0, o.prefill_tokens, o.prefill_sq_tokens, 0.0, 0.0, padded])
         else:
-            rows.append([1.0, weights_coef, 0.0, 0.0, 0.0, o.n_seq, o.kv_tokens])
+            rows.append([1.0, weights_coef, 0.0, 0.0, 0.0, o.n_seq, o.kv_tokens, padded])
     return np.array(rows, dtype=float)
 
 
-def _solve(obs: Sequence[Observation], kink: float) -> tuple[np.ndarray, float]:
+def _solve(obs: Sequence[Observation], kink: float, padding: KvPadding = NO_PADDING) -> tuple[np.ndarray, float]:
     """NNLS on relative errors (each observation group weighing the same); returns (parameters, loss)."""
-    A = _design(obs, kink)
+    A = _design(obs, kink, padding)
     y = np.array([o.seconds for o in obs])
     groups = np.array([o.group for o in obs])
     w = 1.0 / y  # relative errors
@@ -161,27 +187,48 @@ def _solve(obs: Sequence[Observation], kink: float) -> tuple[np.ndarray, float]:
     return x, float(resid @ resid)
 
 
-def fit_time_model(obs: Sequence[Observation], kink_grid: int = 120) -> tuple[np.ndarray, float | None, list[str]]:
-    """Best parameters over kink candidates; returns (x, kink or None, notes)."""
+def fit_time_model(obs: Sequence[Observation], kink_grid: int = 120,
+                   padding: KvPadding = NO_PADDING) -> tuple[np.ndarray, float | None, list[str]]:
+    """Best parameters over kink candidates; returns (x, kink or None, notes).
+
+    With KV padding, the padded-KV column is kept only when some decode observation reads more than one
+    padding bucket (otherwise it is the same constant for every observation, not separable from
+    ``weights_s``), and it is then fitted together with the linear KV slope."""
+    pad_notes = []
+    if padding.tokens > 0:
+        buckets = {padding.padded(o.kv_tokens) for o in obs}
+        if len(buckets) < 2:
+            pad_notes.append(f"KV padding of {padding.tokens} tokens stated, but every fit observation reads one "
+                             f"bucket: per_padded_kv_token_s fixed at 0 (the bucket's cost is in weights_s)")
+            padding = NO_PADDING
+        else:
+            pad_notes.append(f"KV padded to multiples of {padding.tokens} tokens (engine fact stated in the plan); "
+                             f"fit observations span {len(buckets)} padding buckets")
+    x, kink, notes = _fit_time_model(obs, kink_grid, padding)
+    return x, kink, notes + pad_notes
+
+
+def _fit_time_model(obs: Sequence[Observation], kink_grid: int, padding: KvPadding
+                    ) -> tuple[np.ndarray, float | None, list[str]]:
     groups = {o.group for o in obs}
     if groups != {"prefill", "decode"}:
         raise ValueError(f"the fit needs both prefill and decode observations, got {sorted(groups)}")
     prefill_L = sorted({o.prefill_tokens for o in obs if o.group == "prefill"})
     if len(prefill_L) < 3:
         raise ValueError(f"the fit needs prefill runs at 3 or more prompt lengths, got {prefill_L}")
-    x_none, rss_none = _solve(obs, math.inf)
+    x_none, rss_none = _solve(obs, math.inf, padding)
     lo, hi = prefill_L[0], prefill_L[-1]
     best = (x_none, rss_none, math.inf)
     grid = np.geomspace(lo, hi, kink_grid)
-    rss_grid = [_solve(obs, float(k))[1] for k in grid]
+    rss_grid = [_solve(obs, float(k), padding)[1] for k in grid]
     i = int(np.argmin(rss_grid))
     if rss_grid[i] < rss_none:
         # refine between the grid neighbours of the best kink
         lo_k, hi_k = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-        res = minimize_scalar(lambda lk: _solve(obs, math.exp(lk))[1], bounds=(math.log(lo_k), math.log(hi_k)),
-                              method="bounded", options={"xatol": 1e-6})
+        res = minimize_scalar(lambda lk: _solve(obs, math.exp(lk), padding)[1],
+                              bounds=(math.log(lo_k), math.log(hi_k)), method="bounded", options={"xatol": 1e-6})
         kink = math.exp(res.x) if res.fun < rss_grid[i] else float(grid[i])
-        x, rss = _solve(obs, kink)
+        x, rss = _solve(obs, kink, padding)
         best = (x, rss, kink)
     notes = ["per_seq_s, per_token_s and per_prefill_token_s are seen only as the decode slope (per_seq_s + "
              "per_token_s), the prefill slope (per_token_s + per_prefill_token_s) and a per-request constant "
@@ -210,7 +257,7 @@ def split_slopes(x: np.ndarray) -> tuple[dict[str, float], float, list[str]]:
     cost are seen, and that last one only together with the request overhead outside the engine (K). The
     split taken is the smallest ``per_seq_s`` the data allow: ``per_token_s = min(a, P)``.
     """
-    overhead, weights, K, P, attn, a, per_kv = (float(v) for v in x)
+    overhead, weights, K, P, attn, a, per_kv, per_padded = (float(v) for v in x)
     notes = []
     per_token = min(a, P)
     per_seq = a - per_token
@@ -219,13 +266,18 @@ def split_slopes(x: np.ndarray) -> tuple[dict[str, float], float, list[str]]:
                      f"({per_seq:.3g} s > {K:.3g} s): per_seq_s capped at {K:.3g} s")
         per_seq, per_token = K, a - K
     fields = {"overhead_s": overhead, "weights_s": weights, "per_seq_s": per_seq, "per_token_s": per_token,
-              "per_prefill_token_s": max(P - per_token, 0.0), "prefill_attn_s": attn, "per_kv_token_s": per_kv}
+              "per_prefill_token_s": max(P - per_token, 0.0), "prefill_attn_s": attn, "per_kv_token_s": per_kv,
+              "per_padded_kv_token_s": per_padded}
     return fields, K - per_seq, notes
 
 
-def _step_from(x: np.ndarray, kink: float | None, power: dict, capacity: dict) -> tuple[StepModel, float, list[str]]:
+def _step_from(x: np.ndarray, kink: float | None, power: dict, capacity: dict,
+               kv_pad_tokens: int = 0) -> tuple[StepModel, float, list[str]]:
     fields, eps, notes = split_slopes(x)
-    step = StepModel(flop_token_s=(fields["weights_s"] / kink) if kink else 0.0, **fields, **power, **capacity)
+    if kv_pad_tokens <= 0:
+        fields["per_padded_kv_token_s"] = 0.0
+    step = StepModel(flop_token_s=(fields["weights_s"] / kink) if kink else 0.0, **fields, **power, **capacity,
+                     kv_pad_tokens=int(kv_pad_tokens) if fields["per_padded_kv_token_s"] > 0 else 0)
     return step, eps, notes
 
 
@@ -243,23 +295,43 @@ ZERO_POWER = {"idle_w": 0.0, "active_w": 0.0, "flop_token_j": 0.0, "per_kv_token
               "max_power_w": 0.0}
 
 
-def capacity_from(runs: Sequence[FitRun], reported: dict) -> tuple[dict, str]:
-    """Capacities the engine reported, else the largest sustained run (lower bounds)."""
+CAPACITY_KEYS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
+
+
+def capacity_from(runs: Sequence[FitRun], reported: dict, stated: dict | None = None,
+                  stated_source: str = "") -> tuple[dict, str]:
+    """Capacities stated in the plan, else reported by the engine, else the largest sustained run (lower bounds).
+
+    Returns (capacities, a text naming each field's source); ``lower_bound_fields`` says which fields fell
+    through to the lower bound."""
     done = [r for r in runs if r.records and all(rec.ok for rec in r.records)]
     sustained = {
         "kv_capacity_tokens": max((r.concurrency * (r.input_tokens + r.output_tokens) for r in done), default=1),
         "max_batch": max((r.concurrency for r in done), default=1),
         "max_num_tokens": max((r.input_tokens for r in done), default=1),
     }
-    out, sources = {}, []
+    stated = stated or {}
+    out, sources, from_plan = {}, [], []
     for key, value in sustained.items():
-        if reported.get(key):
+        if stated.get(key):
+            out[key] = int(stated[key])
+            from_plan.append(f"{key} = {out[key]}")
+        elif reported.get(key):
             out[key] = int(reported[key])
             sources.append(f"{key} reported by the engine")
         else:
             out[key] = int(value)
             sources.append(f"{key} = largest sustained in the fit runs (a lower bound)")
+    if from_plan:  # the plan's source once, after the fields it covers
+        sources.insert(0, f"{', '.join(from_plan)} stated in the plan "
+                          f"({stated_source or 'no capacity_source given'})")
     return out, "; ".join(sources)
+
+
+def lower_bound_fields(reported: dict, stated: dict | None = None) -> tuple[str, ...]:
+    """Capacity fields neither stated in the plan nor reported by the engine."""
+    stated = stated or {}
+    return tuple(k for k in CAPACITY_KEYS if not stated.get(k) and not reported.get(k))
 
 
 def _unit_power(name: str) -> dict:
@@ -287,6 +359,18 @@ def run_features(step: StepModel, run: FitRun) -> np.ndarray:
     return np.array(feats)
 
 
+def in_flight_s(records: Sequence[RequestRecord]) -> float:
+    """Seconds during which at least one request was in flight (union of send..last-token intervals)."""
+    spans = sorted((r.send_s, r.finish_s) for r in records if r.ok)
+    total, end = 0.0, -math.inf
+    for a, b in spans:
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
 def fit_power(step: StepModel, runs: Sequence[FitRun], idle_w: float, power_limit_w: float) -> tuple[dict, float]:
     """Power fields from run energies (NNLS); returns (fields, MAPE % of run energy)."""
     rows, targets, energies = [], [], []
@@ -294,7 +378,10 @@ def fit_power(step: StepModel, runs: Sequence[FitRun], idle_w: float, power_limi
         if run.energy_j is None or run.window_s is None or not run.records or not any(r.ok for r in run.records):
             continue
         f = run_features(step, run)
-        busy = f[0]
+        # The engine is not idle while a request is in flight: where the run took longer than its replay
+        # through the time model (CUDA-graph captures the first time a batch shape is seen, host hiccups),
+        # the GPU drew active power, not idle power, for the difference.
+        f[0] = max(f[0], in_flight_s(run.records))
         # E = idle*(window - busy) + active*busy + ... = idle*window + (active - idle)*busy + ...
         rows.append(f)
         targets.append(run.energy_j - idle_w * run.window_s)
@@ -317,12 +404,27 @@ def fit_power(step: StepModel, runs: Sequence[FitRun], idle_w: float, power_limi
 
 
 def fit_step_model(runs: Sequence[FitRun], reported_capacity: dict | None = None, idle_w: float | None = None,
-                   power_limit_w: float | None = None) -> StepFit:
+                   power_limit_w: float | None = None, stated_capacity: dict | None = None,
+                   capacity_source: str = "") -> StepFit:
+    """The step model of one entry from its fit runs.
+
+    ``stated_capacity`` (from the plan: ``kv_capacity_tokens``, ``max_batch``, ``max_num_tokens``, and the
+    scheduling facts ``kv_pad_tokens`` and ``host_admission``) overrides what the engine reported;
+    ``capacity_source`` says where the stated values come from."""
+    stated = dict(stated_capacity or {})
     obs = observations(runs)
-    x, kink, notes = fit_time_model(obs)
-    capacity, cap_source = capacity_from(runs, reported_capacity or {})
-    step, eps, split_notes = _step_from(x, kink, ZERO_POWER, capacity)
+    capacity, cap_source = capacity_from(runs, reported_capacity or {}, stated, capacity_source)
+    kv_pad = int(stated.get("kv_pad_tokens") or (reported_capacity or {}).get("kv_pad_tokens") or 0)
+    x, kink, notes = fit_time_model(obs, padding=KvPadding(kv_pad, capacity["kv_capacity_tokens"])
+                                    if kv_pad > 0 else NO_PADDING)
+    step, eps, split_notes = _step_from(x, kink, ZERO_POWER, capacity, kv_pad)
     notes += split_notes
+    if stated.get("host_admission"):
+        # The per-sequence cost of an iteration is the engine's host work (token emission, scheduling); a
+        # request that arrives during it is seen one boundary later (sim.instance).
+        step = StepModel(**{**step.as_dict(), "admission_lead_per_seq_s": step.per_seq_s})
+        notes.append(f"host admission (engine fact stated in the plan): admission_lead_per_seq_s = per_seq_s = "
+                     f"{step.per_seq_s * 1e3:.3f} ms")
     power_mape = None
     energy_runs = [r for r in runs if r.energy_j is not None]
     if idle_w is not None and energy_runs:
@@ -336,4 +438,5 @@ def fit_step_model(runs: Sequence[FitRun], reported_capacity: dict | None = None
     notes.append(f"request_overhead_s = {eps * 1e3:.2f} ms per request outside engine iterations (HTTP, "
                  f"tokenization): reported, not part of the step model")
     notes.append(f"capacity: {cap_source}")
-    return StepFit(step, eps, kink, len(obs), _mape(step, eps, obs), tuple(notes), power_mape, cap_source)
+    return StepFit(step, eps, kink, len(obs), _mape(step, eps, obs), tuple(notes), power_mape, cap_source,
+                   lower_bounds=lower_bound_fields(reported_capacity or {}, stated))

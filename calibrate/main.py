@@ -4,6 +4,7 @@
     qfleet-calibrate plan=transformers_h100             # transformers serve on one H100
     qfleet-calibrate plan=trtllm_llama2_h100 dry_run=true   # TensorRT-LLM commands and capability table
     qfleet-calibrate plan_file=my_plan.json             # a JSON plan with the same keys
+    qfleet-calibrate plan_file=my_plan.json export_only=true   # re-export from the results DB (no GPU)
 
 Validates the whole plan before launching anything, prints the launch commands and (for TensorRT-LLM)
 which quant methods the engine version can run on each entry's GPU, measures every entry (resuming
@@ -23,8 +24,9 @@ from calibrate.config import CalibrateConf
 from calibrate.db import ResultsDB, ResultsDbError
 from calibrate.engines import make_handler
 from calibrate.export import ExportError, export_profile_set
-from calibrate.plan import Plan, PlanError, load_plan_file, plan_from_mapping, validate_plan
+from calibrate.plan import Plan, PlanError, load_plan_file, plan_from_mapping, shown_path, validate_plan
 from calibrate.quality_import import QualityImportError
+from calibrate.replay import describe_replay
 
 ConfigStore.instance().store(name="qfleet_calibrate_schema", node=CalibrateConf)
 
@@ -48,6 +50,8 @@ def describe_plan(plan: Plan, handler) -> list[str]:
         for step in spec.prepare:
             lines.append(f"    {step.name}: {' '.join(step.argv)}")
         lines.append(f"    serve: {' '.join(spec.argv)}")
+        for replay in plan.replays_for(entry):
+            lines.append(f"    {describe_replay(replay)}")
     if hasattr(handler, "capability_table"):
         for gpu, tp, model in sorted({(e.gpu, e.tp, e.model) for e in plan.entries}):
             lines.append(f"  {handler.describe()} on {gpu} tp={tp} ({model}):")
@@ -56,11 +60,38 @@ def describe_plan(plan: Plan, handler) -> list[str]:
     return lines
 
 
+def _log_fits(fits, log: Callable[[str], None]) -> None:
+    for ef in fits:
+        log(f"  {ef.entry} fit: observation MAPE "
+            + ", ".join(f"{g} {v:.2f} %" for g, v in sorted(ef.fit.mape_pct.items()))
+            + "; held-out sweep replay MAPE "
+            + ", ".join(f"{m} {v:.2f} %" for m, v in sorted(ef.validation_mape_pct.items())))
+
+
+def export_only(plan: Plan, handler, log: Callable[[str], None], command: str,
+                allow_lower_bounds: bool = False) -> int:
+    """Validate the plan without its launch checks (checkpoints and the engine need not exist here), check that
+    the results database's entries were measured with this plan's settings, and export; the database is
+    opened read-only and nothing is measured."""
+    validate_plan(plan, handler, launch_checks=False)
+    with ResultsDB(plan.results_db, plan.name, readonly=True) as db:
+        db.check_fingerprints({e.name: plan.entry_fingerprint(e) for e in plan.entries}, plan.legacy_fingerprints)
+        measured = db.run_commands()
+        provenance = (f"{' | '.join(measured) or 'unknown command'}; exported from {shown_path(plan.results_db)} by "
+                      f"'{command}'")
+        path, fits = export_profile_set(plan, db, provenance, log=log, allow_lower_bounds=allow_lower_bounds)
+    _log_fits(fits, log)
+    log(f"profile set written to {path} (export only: nothing measured)")
+    return 0
+
+
 def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None = None) -> int:
     """One qfleet-calibrate invocation; returns the exit code."""
     command = command or " ".join(["qfleet-calibrate", *sys.argv[1:]])
     plan = plan_of(cfg)
     handler = make_handler(plan.engine)
+    if cfg.get("export_only", False):
+        return export_only(plan, handler, log, command, bool(cfg.get("export_lower_bounds", False)))
     validate_plan(plan, handler)
     for line in describe_plan(plan, handler):
         log(line)
@@ -84,12 +115,9 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None
             if e.error:
                 log(f"  {e.entry}: FAILED: {e.error}")
         if cfg.export:
-            path, fits = export_profile_set(plan, db, command, log=log)
-            for ef in fits:
-                log(f"  {ef.entry} fit: observation MAPE "
-                    + ", ".join(f"{g} {v:.2f} %" for g, v in sorted(ef.fit.mape_pct.items()))
-                    + "; held-out sweep replay MAPE "
-                    + ", ".join(f"{m} {v:.2f} %" for m, v in sorted(ef.validation_mape_pct.items())))
+            path, fits = export_profile_set(plan, db, command, log=log,
+                                            allow_lower_bounds=bool(cfg.get("export_lower_bounds", False)))
+            _log_fits(fits, log)
             log(f"profile set written to {path}")
     return 0 if report.ok else 1
 

@@ -62,6 +62,8 @@ class EngineSpec:
     tokenizer: str | None = None  # a tokenizer path / hub id, "checkpoint", or None (word approximation)
     capacity_path: str | None = None  # GET path returning kv_capacity_tokens / max_batch / max_num_tokens
     capacity: Mapping[str, int] = field(default_factory=dict)  # known capacities (override discovery)
+    capacity_source: str = ""  # where stated capacities / scheduling facts come from (engine docs, a formula)
+    scheduling: Mapping[str, Any] = field(default_factory=dict)  # engine facts the simulator models, see below
     supported_quants: tuple[str, ...] | None = None  # generic: the methods its checkpoints carry
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 900.0
@@ -87,6 +89,9 @@ class PlanEntry:
     workloads: tuple[str, ...]
     gpu_indices: tuple[int, ...] | None = None  # default: 0 .. tp-1
     launch_args: tuple[str, ...] = ()  # generic engines: flags added to this entry's launch (e.g. a quantization)
+    capacity: Mapping[str, int] = field(default_factory=dict)  # stated capacities of this entry (over engine's)
+    capacity_source: str = ""  # where this entry's stated capacities / scheduling facts come from
+    scheduling: Mapping[str, Any] = field(default_factory=dict)  # this entry's engine facts (over engine's)
 
     @property
     def devices(self) -> tuple[int, ...]:
@@ -202,10 +207,51 @@ class Plan:
 
     def entry_fingerprint(self, entry: PlanEntry) -> str:
         """Everything that shapes an entry's measurements (not the SLOs or search bounds: a burst at a
-        QPS is the same measurement whatever it is judged against)."""
-        data = {"entry": _plain(entry), "engine": _plain(self.engine), "burst": _plain(self.burst),
+        QPS is the same measurement whatever it is judged against; not the stated capacities and scheduling
+        facts either, see ``STATEMENT_FIELDS``). Version 2 of the fingerprint: ``legacy_entry_fingerprint``
+        is version 1, which ``calibrate.db.ResultsDB`` migrates."""
+        engine = {k: v for k, v in _plain(self.engine).items() if k not in STATEMENT_FIELDS}
+        entry_data = {k: v for k, v in _plain(entry).items() if k not in STATEMENT_FIELDS}
+        data = {"fingerprint": 2, "entry": entry_data, "engine": engine, "burst": _plain(self.burst),
                 "fit": _plain(self.fit), "energy": _plain(self.energy)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def legacy_entry_fingerprint(self, entry: PlanEntry, engine_capacity: Mapping | None = None) -> str:
+        """Version 1 of the fingerprint (qfleet before stated capacities): it hashed ``engine.capacity`` (here
+        the one the database's stored plan had, ``engine_capacity``) and knew no other statement field."""
+        engine = {k: v for k, v in _plain(self.engine).items() if k not in STATEMENT_FIELDS}
+        engine["capacity"] = _plain(dict(engine_capacity if engine_capacity is not None else self.engine.capacity))
+        entry_data = {k: v for k, v in _plain(entry).items() if k not in STATEMENT_FIELDS}
+        data = {"entry": entry_data, "engine": engine, "burst": _plain(self.burst),
+                "fit": _plain(self.fit), "energy": _plain(self.energy)}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def legacy_fingerprints(self, stored_plan: Mapping | None) -> dict[str, str]:
+        """Version-1 fingerprints of every entry, with ``engine.capacity`` as the stored plan had it."""
+        engine_capacity = None
+        if isinstance(stored_plan, Mapping) and isinstance(stored_plan.get("engine"), Mapping):
+            cap = stored_plan["engine"].get("capacity")
+            engine_capacity = dict(cap) if isinstance(cap, Mapping) else None
+        return {e.name: self.legacy_entry_fingerprint(e, engine_capacity) for e in self.entries}
+
+    def stated_capacity(self, entry: PlanEntry) -> tuple[dict, str]:
+        """The capacities and scheduling facts the plan states for an entry (the entry's over the engine's),
+        merged into one mapping, and where they come from."""
+        values = {**dict(self.engine.capacity), **dict(self.engine.scheduling), **dict(entry.capacity),
+                  **dict(entry.scheduling)}
+        sources = [s for s in (entry.capacity_source, self.engine.capacity_source) if s]
+        return values, "; ".join(dict.fromkeys(sources))
+
+
+# What a plan *states* about an engine (its limits, its scheduling behaviour) rather than how it is measured:
+# it selects which fit runs exist (each is stored under its own key) and how the simulator models the engine,
+# but a stored point is the same measurement whatever is stated, so it is not part of the fingerprint.
+STATEMENT_FIELDS = ("capacity", "capacity_source", "scheduling")
+CAPACITY_KEYS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
+# Engine facts the simulator models (profiles.step_model): the KV padding interval of static (CUDA-graph)
+# shapes, and whether admission waits for the host-side per-sequence work (a Python engine sharing its
+# interpreter with the HTTP front-end).
+SCHEDULING_KEYS = {"kv_pad_tokens": int, "host_admission": bool}
 
 
 def _plain(value: Any) -> Any:
@@ -301,14 +347,15 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
     trt = _build(TrtllmOptions, engine_data.pop("trtllm", None), "plan.engine.trtllm")
     engine = _build(EngineSpec, engine_data, "plan.engine", {
         "launch": _tuple_of(_str), "json_string_fields": _tuple_of(_str), "supported_quants": _tuple_of(_str),
-        "request_extras": _mapping, "capacity": _mapping, "env": _mapping,
+        "request_extras": _mapping, "capacity": _mapping, "env": _mapping, "scheduling": _mapping,
     })
     engine = EngineSpec(**{**{f.name: getattr(engine, f.name) for f in fields(EngineSpec)}, "trtllm": trt})
     if not isinstance(values["entries"], (list, tuple)):
         raise PlanError("plan.entries: expected a list of entries")
     entries = tuple(
         _build(PlanEntry, e, f"plan.entries[{i}]" + (f" ('{e.get('name')}')" if isinstance(e, Mapping) else ""),
-               {"workloads": _tuple_of(_str), "gpu_indices": _tuple_of(_int), "launch_args": _tuple_of(_str)})
+               {"workloads": _tuple_of(_str), "gpu_indices": _tuple_of(_int), "launch_args": _tuple_of(_str),
+                "capacity": _mapping, "scheduling": _mapping})
         for i, e in enumerate(values["entries"]))
     slos = []
     for i, s in enumerate(values["slos"]):
@@ -360,6 +407,14 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
     )
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as written into committed reports and manifests: relative to the working directory when inside it
+    (the repository root, where the commands run), so the files do not name the machine they were made on."""
+    p = Path(path).resolve()
+    cwd = Path.cwd().resolve()
+    return str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p)
+
+
 def _resolve(path: str, base: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (base / p)
@@ -379,8 +434,33 @@ def load_plan_file(path: str | Path) -> Plan:
 # --- validation ------------------------------------------------------------------------------------
 
 
-def plan_problems(plan: Plan, handler) -> list[str]:
-    """Every reason the plan cannot run, each naming its entry and field (empty when it can)."""
+def _statement_problems(where: str, capacity: Mapping, scheduling: Mapping, source: str) -> list[str]:
+    problems = []
+    for key, value in capacity.items():
+        if key not in CAPACITY_KEYS:
+            problems.append(f"{where}, field 'capacity': unknown key '{key}'; known: {', '.join(CAPACITY_KEYS)}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{where}, field 'capacity.{key}': must be a whole number >= 1, got {value!r}")
+    for key, value in scheduling.items():
+        kind = SCHEDULING_KEYS.get(key)
+        if kind is None:
+            problems.append(f"{where}, field 'scheduling': unknown key '{key}'; known: {', '.join(SCHEDULING_KEYS)}")
+        elif kind is bool and not isinstance(value, bool):
+            problems.append(f"{where}, field 'scheduling.{key}': must be true or false, got {value!r}")
+        elif kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            problems.append(f"{where}, field 'scheduling.{key}': must be a whole number >= 0, got {value!r}")
+    if (capacity or scheduling) and not str(source).strip():
+        problems.append(f"{where}, field 'capacity_source': capacities or scheduling facts are stated without "
+                        f"saying where they come from (engine report, documentation, a formula)")
+    return problems
+
+
+def plan_problems(plan: Plan, handler, launch_checks: bool = True) -> list[str]:
+    """Every reason the plan cannot run, each naming its entry and field (empty when it can).
+
+    ``launch_checks=False`` leaves out what only launching needs (checkpoints and quality files that exist on
+    this machine, the engine handler's own launch checks): for exporting or validating from a results
+    database measured elsewhere."""
     problems: list[str] = []
     if not plan.entries:
         problems.append("plan.entries: names no entry")
@@ -429,6 +509,7 @@ def plan_problems(plan: Plan, handler) -> list[str]:
     bad_fields = [k for k in e.json_string_fields if k not in e.request_extras]
     if bad_fields:
         problems.append(f"plan.engine.json_string_fields: {bad_fields} are not keys of request_extras")
+    problems += _statement_problems("plan.engine", e.capacity, e.scheduling, e.capacity_source)
     seen: set[str] = set()
     for i, entry in enumerate(plan.entries):
         where = f"plan entry '{entry.name}' (entries[{i}])"
@@ -451,10 +532,14 @@ def plan_problems(plan: Plan, handler) -> list[str]:
             elif any(not 0 <= g < plan.gpus_available for g in entry.gpu_indices) or len(set(entry.gpu_indices)) != entry.tp:
                 problems.append(f"{where}, field 'gpu_indices': {list(entry.gpu_indices)} must be distinct GPUs in "
                                 f"0..{plan.gpus_available - 1}")
+        problems += _statement_problems(where, entry.capacity, entry.scheduling,
+                                        entry.capacity_source or e.capacity_source)
         if entry.checkpoint.startswith(HUB_PREFIX):
             if not entry.checkpoint[len(HUB_PREFIX):].strip():
                 problems.append(f"{where}, field 'checkpoint': '{entry.checkpoint}' names no hub id")
-        elif not entry.checkpoint or not Path(entry.checkpoint).expanduser().exists():
+        elif not entry.checkpoint:
+            problems.append(f"{where}, field 'checkpoint': empty")
+        elif launch_checks and not Path(entry.checkpoint).expanduser().exists():
             problems.append(f"{where}, field 'checkpoint': '{entry.checkpoint}' does not exist "
                             f"(give an existing path, or 'hub:<id>' for a model the engine downloads)")
         if not entry.workloads:
@@ -471,7 +556,7 @@ def plan_problems(plan: Plan, handler) -> list[str]:
                                 f"{handler.describe()}: {reason}")
     for key in ("lm_eval_results", "opencompass_csv"):
         for i, q in enumerate(getattr(plan.quality, key)):
-            if not Path(q.path).expanduser().exists():
+            if launch_checks and not Path(q.path).expanduser().exists():
                 problems.append(f"plan.quality.{key}[{i}], field 'path': '{q.path}' does not exist")
             if q.quant not in QUANTS:
                 problems.append(f"plan.quality.{key}[{i}], field 'quant': unknown quant method '{q.quant}'")
@@ -480,12 +565,14 @@ def plan_problems(plan: Plan, handler) -> list[str]:
                         f"(or 'default')")
     if plan.quality.run_lm_eval is not None and not plan.quality.run_lm_eval.tasks:
         problems.append("plan.quality.run_lm_eval.tasks: names no task")
-    problems += handler.plan_problems(plan)
+    if launch_checks:
+        problems += handler.plan_problems(plan)
     return problems
 
 
-def validate_plan(plan: Plan, handler) -> None:
-    problems = plan_problems(plan, handler)
+def validate_plan(plan: Plan, handler, launch_checks: bool = True) -> None:
+    problems = plan_problems(plan, handler, launch_checks)
     if problems:
-        raise PlanError(f"plan '{plan.name}' cannot run ({len(problems)} problem(s)); nothing was launched:\n  - "
+        what = "cannot run" if launch_checks else "cannot be exported"
+        raise PlanError(f"plan '{plan.name}' {what} ({len(problems)} problem(s)); nothing was launched:\n  - "
                         + "\n  - ".join(problems))

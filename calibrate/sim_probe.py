@@ -30,6 +30,7 @@ class SimulatedProbe:
     burst_s: float = 120.0
     min_requests: int = 200
     max_requests: int = 3000
+    request_overhead_s: float = 0.0  # a request reaches the instance this long after it is sent (HTTP, tokenizing)
     _gaps: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -43,7 +44,9 @@ class SimulatedProbe:
         arrival_s = np.cumsum(self._gaps[:n]) / qps
         inp = np.asarray(self.input_tokens[:n], dtype=np.int64)
         out = np.asarray(self.output_tokens[:n], dtype=np.int64)
-        table = RequestTable(Trace(arrival_s, inp, out, np.zeros(n, dtype=np.int64), ("probe",), "probe"))
+        eps = self.request_overhead_s
+        at_engine = arrival_s + eps if eps else arrival_s
+        table = RequestTable(Trace(at_engine, inp, out, np.zeros(n, dtype=np.int64), ("probe",), "probe"))
         instance = replay_single_instance(self.step, table)
         end = max(f for f in table.finish_s if f == f) if n else 0.0
         busy_j, idle_j = instance.energy_j(end)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from profiles.schema import (
     KEY_COLUMNS,
+    OPTIONAL_TABLE_COLUMNS,
     PROVENANCE_KINDS,
     TABLE_FILES,
     ConfigKey,
@@ -113,7 +114,8 @@ class ProfileSet:
         tables = {}
         for name, (filename, columns) in TABLE_FILES.items():
             frame = _read(root / filename)
-            _validate_table(frame, root / filename, columns)
+            optional = tuple(c for c in OPTIONAL_TABLE_COLUMNS.get(name, ()) if c in frame.columns)
+            _validate_table(frame, root / filename, tuple(columns) + optional)
             if "tp" in columns:
                 frame["tp"] = frame["tp"].astype(int)
             tables[name] = frame
@@ -228,7 +230,8 @@ def write_profile_set(path: str | os.PathLike, manifest: dict, tables: dict[str,
     try:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for name, (filename, columns) in TABLE_FILES.items():
-            frame = tables[name].loc[:, list(columns)]
+            optional = [c for c in OPTIONAL_TABLE_COLUMNS.get(name, ()) if c in tables[name].columns]
+            frame = tables[name].loc[:, list(columns) + optional]
             if filename.endswith(".parquet"):
                 frame.to_parquet(tmp / filename, index=False)
             else:

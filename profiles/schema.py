@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiles.step_model import CAPACITY_FIELDS, POWER_FIELDS, TIME_FIELDS
+from profiles.step_model import CAPACITY_FIELDS, OPTIONAL_FIELDS, POWER_FIELDS, TIME_FIELDS
 
 PROVENANCE_KINDS = ("measured", "measured-kernels", "derived", "literature", "assumption")
 
@@ -48,6 +48,9 @@ KEY_COLUMNS = ("gpu", "model", "quant", "tp")
 PROVENANCE_COLUMNS = ("provenance", "source")
 
 STEP_MODEL_COLUMNS = KEY_COLUMNS + TIME_FIELDS + POWER_FIELDS + CAPACITY_FIELDS + PROVENANCE_COLUMNS
+# Optional step-model columns (engine-shape behaviour, profiles.step_model.OPTIONAL_FIELDS): written when a
+# table has them, validated when present, and read as their defaults (behaviour off) when absent.
+STEP_MODEL_OPTIONAL_COLUMNS = OPTIONAL_FIELDS
 
 CURVE_METRICS = (
     "p50_ttft_s",
@@ -80,3 +83,4 @@ TABLE_FILES = {
     "quality": ("quality.csv", QUALITY_COLUMNS),
     "workloads": ("workloads.csv", WORKLOAD_COLUMNS),
 }
+OPTIONAL_TABLE_COLUMNS = {"step_models": STEP_MODEL_OPTIONAL_COLUMNS}

@@ -6,16 +6,25 @@ with additive overheads::
 
     t = overhead_s + per_seq_s*n_seq + per_token_s*n_tok + max(weights_s, flop_token_s*n_tok)
         + per_kv_token_s*kv_tokens + per_prefill_token_s*prefill_tokens + prefill_attn_s*sum(L^2)
+        + per_padded_kv_token_s*padded(kv_tokens)
 
 ``max(weights_s, flop_token_s*n_tok)`` is the linear layers: bound by streaming the weights once
 (small batches) or by tensor-core throughput (large prefills). ``kv_tokens`` is the KV cache the
-decoding sequences read. Energy is static power for the duration plus dynamic energy per unit of
-work, capped at the power limit::
+decoding sequences read. ``padded(kv) = min(max(1, ceil(kv / kv_pad_tokens)) * kv_pad_tokens,
+kv_capacity_tokens)`` is the KV an engine with static (CUDA-graph) shapes actually processes: it pads
+the iteration's KV read up to a multiple of ``kv_pad_tokens`` (transformers' continuous batching pads to
+16,384 tokens), so attention costs steps, not a slope. ``kv_pad_tokens = 0`` (the default) turns the
+term off; the two padding fields are optional in a profile (absent means 0), so older profile sets load
+unchanged. ``admission_lead_per_seq_s`` (optional, default 0) is not part of the iteration time: it moves
+the instance's admission decision ahead of the iteration's end (``sim.instance``).
+
+Energy is static power for the duration plus dynamic energy per unit of work, capped at the power limit::
 
     e = min(max_power_w*t, active_w*t + flop_token_j*n_tok + per_kv_token_j*kv_tokens + weights_j)
 
-Both are linear in ``kv_tokens`` for a fixed batch, which is what lets the simulator jump over a
-stretch of decode iterations in closed form instead of spending an event per token.
+Both are linear in ``kv_tokens`` for a fixed batch (piecewise linear, constant padding per piece, when
+``kv_pad_tokens > 0``), which is what lets the simulator jump over a stretch of decode iterations in
+closed form instead of spending an event per token.
 """
 
 from __future__ import annotations
@@ -35,6 +44,10 @@ TIME_FIELDS = (
 )
 POWER_FIELDS = ("idle_w", "active_w", "flop_token_j", "per_kv_token_j", "weights_j", "max_power_w")
 CAPACITY_FIELDS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
+# Optional engine-shape fields (absent from a profile: the default, which turns the behaviour off).
+OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s")
+OPTIONAL_DEFAULTS = {"kv_pad_tokens": 0, "per_padded_kv_token_s": 0.0, "admission_lead_per_seq_s": 0.0}
+INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens",)
 
 
 class StepModelError(ValueError):
@@ -62,6 +75,11 @@ class StepModel:
     kv_capacity_tokens: int
     max_batch: int
     max_num_tokens: int
+    kv_pad_tokens: int = 0
+    per_padded_kv_token_s: float = 0.0
+    # The instance's admission decision precedes an iteration's end by this much per sequence of the
+    # iteration (a Python engine's host work, during which its front-end cannot enqueue); see sim.instance.
+    admission_lead_per_seq_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,8 +95,23 @@ class StepModel:
             raise StepModelError(f"step model active_w={self.active_w} is below idle_w={self.idle_w}")
         if self.max_power_w < self.active_w:
             raise StepModelError(f"step model max_power_w={self.max_power_w} is below active_w={self.active_w}")
-        if self.overhead_s + self.weights_s <= 0:
+        if self.overhead_s + self.weights_s + self.per_padded_kv_token_s * min(self.kv_pad_tokens,
+                                                                              self.kv_capacity_tokens) <= 0:
             raise StepModelError("step model iterations take no time: overhead_s + weights_s must be > 0")
+        if self.kv_pad_tokens != int(self.kv_pad_tokens):
+            raise StepModelError(f"step model field 'kv_pad_tokens' must be a whole number, got {self.kv_pad_tokens!r}")
+
+    # --- padding ---------------------------------------------------------------------------------
+
+    def padded_kv(self, kv_tokens: float) -> float:
+        """The KV tokens an iteration processes once padded to the engine's static shapes (0 without padding)."""
+        pad = self.kv_pad_tokens
+        if pad <= 0:
+            return 0.0
+        buckets = math.ceil(kv_tokens / pad) if kv_tokens > 0 else 1
+        padded = (buckets if buckets > 1 else 1) * pad
+        cap = self.kv_capacity_tokens
+        return float(padded if padded < cap else cap)
 
     # --- one iteration -------------------------------------------------------------------------
 
@@ -96,6 +129,7 @@ class StepModel:
             + self.per_kv_token_s * kv_tokens
             + self.per_prefill_token_s * prefill_tokens
             + self.prefill_attn_s * prefill_sq_tokens
+            + (self.per_padded_kv_token_s * self.padded_kv(kv_tokens) if self.kv_pad_tokens > 0 else 0.0)
         )
 
     def iteration_j(self, duration_s: float, n_tok: int, kv_tokens: float) -> float:
@@ -118,10 +152,45 @@ class StepModel:
             linear = self.weights_s
         return self.overhead_s + (self.per_seq_s + self.per_token_s) * batch + linear
 
-    def decode_stretch_s(self, batch: int, kv0: float, iterations: int) -> float:
-        """Time of ``iterations`` decode iterations: an arithmetic series in closed form."""
+    def _pad_pieces(self, batch: int, kv0: float, iterations: int):
+        """Split a stretch into pieces of constant padded KV: (first j, end j, padded KV) with j in [0, k)."""
+        cap = self.kv_capacity_tokens
+        j = 0
+        while j < iterations:
+            x = kv0 + j * batch
+            padded = self.padded_kv(x)
+            if padded >= cap or batch <= 0:
+                end = iterations
+            else:
+                # the last j whose KV still rounds up to `padded`: kv0 + j*batch <= padded
+                end = min(iterations, int(math.floor((padded - kv0) / batch)) + 1)
+                while end > j + 1 and self.padded_kv(kv0 + (end - 1) * batch) > padded:
+                    end -= 1
+                while end < iterations and self.padded_kv(kv0 + end * batch) <= padded:
+                    end += 1
+                end = max(end, j + 1)
+            yield j, end, padded
+            j = end
+
+    def _over_pad_pieces(self, stretch, batch: int, kv0: float, iterations: int) -> float:
+        """Sum ``stretch`` (time or energy) over the pieces of constant padding: within one, the padded KV is a
+        constant extra time per iteration, so each piece is a closed-form series again."""
+        total = 0.0
+        for j0, j1, padded in self._pad_pieces(batch, kv0, iterations):
+            total += stretch(batch, kv0 + j0 * batch, j1 - j0, self.per_padded_kv_token_s * padded, True)
+        return total
+
+    def decode_stretch_s(self, batch: int, kv0: float, iterations: int, _extra_s: float = 0.0,
+                         _piece: bool = False) -> float:
+        """Time of ``iterations`` decode iterations: an arithmetic series in closed form (with KV padding, one
+        series per piece of constant padding)."""
+        if self.kv_pad_tokens > 0 and not _piece:
+            return self._over_pad_pieces(self.decode_stretch_s, batch, kv0, iterations)
         k = iterations
-        return k * (self.decode_fixed_s(batch) + self.per_kv_token_s * kv0) + (
+        fixed = self.decode_fixed_s(batch)
+        if _extra_s:
+            fixed += _extra_s
+        return k * (fixed + self.per_kv_token_s * kv0) + (
             self.per_kv_token_s * batch * (k * (k - 1) / 2.0)
         )
 
@@ -129,6 +198,21 @@ class StepModel:
         """Smallest k >= 0 whose stretch time is >= elapsed_s: the boundary at or after a moment."""
         if elapsed_s <= 0.0:
             return 0
+        if self.kv_pad_tokens > 0:
+            # Iteration times only grow along a stretch, so the stretch time is increasing in k: bisect.
+            first = self.decode_stretch_s(batch, kv0, 1)
+            if first >= elapsed_s:
+                return 1
+            lo, hi = 1, max(2, int(math.ceil(elapsed_s / first)) + 1)
+            while self.decode_stretch_s(batch, kv0, hi) < elapsed_s:
+                lo, hi = hi, 2 * hi
+            while hi - lo > 1:  # invariant: stretch(lo) < elapsed <= stretch(hi)
+                mid = (lo + hi) // 2
+                if self.decode_stretch_s(batch, kv0, mid) < elapsed_s:
+                    lo = mid
+                else:
+                    hi = mid
+            return hi
         alpha = self.decode_fixed_s(batch) + self.per_kv_token_s * kv0
         beta = self.per_kv_token_s * batch / 2.0
         if beta > 0.0:
@@ -144,12 +228,18 @@ class StepModel:
             k += 1
         return k
 
-    def decode_stretch_j(self, batch: int, kv0: float, iterations: int) -> float:
-        """Energy of a decode stretch; each iteration is min(work, cap), both linear in j."""
+    def decode_stretch_j(self, batch: int, kv0: float, iterations: int, _extra_s: float = 0.0,
+                         _piece: bool = False) -> float:
+        """Energy of a decode stretch; each iteration is min(work, cap), both linear in j (per piece of
+        constant padding with KV padding)."""
         k = iterations
         if k <= 0:
             return 0.0
+        if self.kv_pad_tokens > 0 and not _piece:
+            return self._over_pad_pieces(self.decode_stretch_j, batch, kv0, iterations)
         fixed_s = self.decode_fixed_s(batch)
+        if _extra_s:
+            fixed_s += _extra_s
         c = self.per_kv_token_s
         # work_j(x) = u0 + u1*x, cap_j(x) = c0 + c1*x with x = kv tokens read.
         u0 = self.active_w * fixed_s + self.flop_token_j * batch + self.weights_j
@@ -197,14 +287,16 @@ class StepModel:
         """Build from a row (CSV/Parquet); a missing or bad field names where it came from."""
         kwargs = {}
         for f in fields(cls):
-            if f.name not in values:
+            if f.name not in values or (f.name in OPTIONAL_FIELDS and _blank(values[f.name])):
+                if f.name in OPTIONAL_FIELDS:
+                    continue  # an older profile without the optional engine-shape fields: defaults
                 raise StepModelError(f"{where}: missing field '{f.name}'")
             raw = values[f.name]
             try:
                 value = float(raw)
             except (TypeError, ValueError):
                 raise StepModelError(f"{where}: field '{f.name}' is not a number: {raw!r}") from None
-            if f.name in CAPACITY_FIELDS:
+            if f.name in INTEGER_FIELDS:
                 if not math.isfinite(value) or value != int(value):
                     raise StepModelError(f"{where}: field '{f.name}' must be a whole number, got {raw!r}")
                 value = int(value)
@@ -213,3 +305,9 @@ class StepModel:
             return cls(**kwargs)
         except StepModelError as exc:
             raise StepModelError(f"{where}: {exc}") from None
+
+
+def _blank(value) -> bool:
+    """An empty cell (None, NaN or "") of an optional column."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                                  and not value.strip())

@@ -9,7 +9,14 @@ chunked prefill):
   the first request that does not fit, so nothing overtakes the head;
 * an iteration runs the prompts of the newly admitted requests (prefill, which yields their first
   token) together with one decode step of every running request;
-* a request finishes at the end of the iteration that produces its last token and frees its KV.
+* a request finishes at the end of the iteration that produces its last token and frees its KV;
+* optionally (``StepModel.admission_lead_per_seq_s > 0``) the engine takes its admission decision for the
+  next iteration before the host-side work of the iteration in flight is done: a request that reached
+  the engine less than ``admission_lead_per_seq_s * n_seq`` seconds before the boundary (``n_seq`` the
+  sequences of the ending iteration) waits for the following boundary, unless the engine would otherwise
+  go idle (it then takes the request at once). That is a Python engine whose HTTP front-end shares the
+  interpreter with the batching loop (transformers' continuous batching): new requests cannot be
+  enqueued while the loop does its per-sequence host work (token emission, scheduling).
 
 Between changes of batch composition the decode iterations are deterministic, so the instance jumps
 over the whole stretch up to the next completion in one step (closed form in ``StepModel``); an
@@ -48,6 +55,7 @@ MAX_REQUEST_ID = _RID_MASK
 # What the replica is doing until ``next_s``.
 _OP_NONE, _OP_MIXED, _OP_STRETCH = 0, 1, 2
 
+_LEAD_TOL = 1e-9  # s: an arrival this close to the admission cutoff counts as before it (rounding)
 _KV_CAPACITY = REASON_CODE["exceeds_kv_capacity"]
 _MAX_NUM_TOKENS = REASON_CODE["exceeds_max_num_tokens"]
 _QUEUE_FULL = REASON_CODE["queue_full"]
@@ -62,7 +70,7 @@ class Instance:
         "busy_s", "busy_j", "tokens_out", "outstanding", "waiting", "next_s",
         "_heap", "_kv_offset", "_kv_reserved", "_iteration", "_energy_per_token_j",
         "_op", "_cuttable", "_new", "_op_batch", "_op_i", "_op_kv0", "_op_k", "_op_start", "_op_s", "_op_j",
-        "_op_tokens",
+        "_op_tokens", "_op_nseq",
     )
 
     def __init__(
@@ -115,6 +123,7 @@ class Instance:
         self._op_s = 0.0
         self._op_j = 0.0
         self._op_tokens = 0
+        self._op_nseq = 0  # sequences of the iteration(s) in flight: sets the admission lead
 
     # --- what the router and the pool call ---------------------------------------------------------
 
@@ -142,7 +151,8 @@ class Instance:
                 self.next_s = now_s
             elif (self._cuttable and was_empty and len(self._heap) < step.max_batch
                   and self._kv_reserved + need <= step.kv_capacity_tokens):
-                self._cut(now_s)
+                self._cut(now_s + step.admission_lead_per_seq_s * self._op_batch - _LEAD_TOL
+                          if step.admission_lead_per_seq_s > 0.0 else now_s)
             return
         req.status[slot] = REJECTED
         req.reason[slot] = reason
@@ -179,17 +189,20 @@ class Instance:
 
     # --- the engine ------------------------------------------------------------------------------
 
-    def _cut(self, now_s: float) -> None:
-        """An admissible arrival during a decode stretch: stop at the boundary ending the iteration in flight."""
+    def _cut(self, at_s: float) -> None:
+        """An admissible arrival during a decode stretch: stop at the first boundary at or after ``at_s`` (the
+        arrival, or the arrival plus the admission lead), unless the stretch ends before that anyway."""
         step = self.step
         batch, kv0, start = self._op_batch, self._op_kv0, self._op_start
-        k = step.decode_iterations_until(batch, kv0, now_s - start)
+        k = step.decode_iterations_until(batch, kv0, at_s - start)
+        self._cuttable = False
+        if k > self._op_k:
+            return
         duration = step.decode_stretch_s(batch, kv0, k)
-        remaining = start + duration - now_s
+        remaining = start + duration - at_s
         self._op_k = k
         self._op_s = duration
-        self.next_s = now_s + remaining if remaining > 0.0 else now_s
-        self._cuttable = False
+        self.next_s = at_s + remaining if remaining > 0.0 else at_s
 
     def advance(self, until_s: float) -> None:
         """Process every decision point before ``until_s``: finish what is in flight, admit, start the next."""
@@ -220,6 +233,8 @@ class Instance:
         tokens_out = self.tokens_out
         outstanding = self.outstanding
         op = self._op
+        lead = step.admission_lead_per_seq_s
+        arrival_col = req.arrival_s
         released = False
         while next_s < until_s:
             now = next_s
@@ -275,7 +290,14 @@ class Instance:
                     outstanding -= 1
             # --- decide what comes next ---
             self._cuttable = False
+            cutoff = INF
             if waiting:
+                if lead > 0.0 and op != _OP_NONE:
+                    # the decision was taken before this iteration's host work: later arrivals wait, unless
+                    # the engine would go idle (then it takes them at once)
+                    cutoff = now - lead * (self._op_nseq if op == _OP_MIXED else self._op_batch) + _LEAD_TOL
+                    if not heap and arrival_col[waiting[0] & mask] > cutoff:
+                        cutoff = INF
                 new.clear()
                 room = max_batch - len(heap)
                 budget = max_num_tokens
@@ -287,7 +309,7 @@ class Instance:
                     slot = rid & mask
                     inp = inp_col[slot]
                     need = inp + out_col[slot]
-                    if need > kv_free or inp > budget:
+                    if need > kv_free or inp > budget or arrival_col[slot] > cutoff:
                         break
                     waiting.popleft()
                     new.append(rid)
@@ -306,6 +328,7 @@ class Instance:
                     self._op_s = duration
                     self._op_i = iteration
                     self._op_tokens = n_tok
+                    self._op_nseq = batch + len(new)
                     op = _OP_MIXED
                     next_s = now + duration
                     continue
@@ -319,6 +342,14 @@ class Instance:
             # Decode-only stretch up to the next completion.
             kv0 = kv_offset + batch * iteration
             k = (heap[0] >> _RID_BITS) - iteration + 1
+            if waiting and cutoff != INF and arrival_col[waiting[0] & mask] > cutoff:
+                # the head arrived within the admission lead: stop at the first boundary that sees it
+                k_head = step.decode_iterations_until(
+                    batch, kv0, arrival_col[waiting[0] & mask] + lead * batch - _LEAD_TOL - now)
+                if k_head < 1:
+                    k_head = 1
+                if k_head < k:
+                    k = k_head
             self._op_batch = batch
             self._op_i = iteration
             self._op_kv0 = kv0

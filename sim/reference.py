@@ -14,6 +14,8 @@ import numpy as np
 
 from profiles.step_model import StepModel
 
+LEAD_TOL_S = 1e-9  # an arrival this close to the admission cutoff counts as before it (as in sim.instance)
+
 
 @dataclass(frozen=True, slots=True)
 class ReferenceResult:
@@ -37,18 +39,28 @@ def replay_instance(
     nxt = 0
     busy_s = 0.0
     busy_j = 0.0
+    last_n_seq = 0  # sequences of the iteration that just ended (0 when the engine was idle)
+    lead = step.admission_lead_per_seq_s
     while nxt < n or waiting or running:
         if not waiting and not running:
             now = max(now, float(arrival_s[nxt]))
+            last_n_seq = 0
         while nxt < n and arrival_s[nxt] <= now:
             waiting.append(nxt)
             nxt += 1
+        # Admission lead: the decision for this iteration was taken lead * n_seq before the boundary; a
+        # request that came later waits for the next boundary, unless the engine would otherwise go idle.
+        cutoff = np.inf
+        if lead > 0.0 and last_n_seq > 0 and waiting:
+            cutoff = now - lead * last_n_seq + LEAD_TOL_S
+            if not running and arrival_s[waiting[0]] > cutoff:
+                cutoff = np.inf
         new: list[int] = []
         budget = step.max_num_tokens
         while waiting and len(running) + len(new) < step.max_batch:
             rid = waiting[0]
             need = int(input_tokens[rid] + output_tokens[rid])
-            if reserved + need > step.kv_capacity_tokens or input_tokens[rid] > budget:
+            if reserved + need > step.kv_capacity_tokens or input_tokens[rid] > budget or arrival_s[rid] > cutoff:
                 break
             waiting.popleft()
             new.append(rid)
@@ -61,6 +73,7 @@ def replay_instance(
         prefill = sum(int(input_tokens[rid]) for rid in new)
         prefill_sq = sum(int(input_tokens[rid]) ** 2 for rid in new)
         n_tok = batch + prefill
+        last_n_seq = batch + len(new)
         duration = step.iteration_s(batch + len(new), n_tok, kv, prefill, prefill_sq)
         busy_j += step.iteration_j(duration, n_tok, kv)
         busy_s += duration

@@ -63,15 +63,19 @@ def test_low_load_latency_is_the_unloaded_latency(step):
     assert np.allclose(ttft, step.iteration_s(1, 300, 0, 300, 300**2), rtol=1e-9)
 
 
-@pytest.mark.parametrize("rate", [2.0, 10.0, 25.0, 60.0])
-def test_fast_path_matches_per_iteration_reference(step, rate):
-    trace = poisson_trace(rate, 500, seed=int(rate))
+def _assert_matches_reference(step, trace) -> None:
+    """The fast path's first-token and finish times and energy equal the per-iteration reference's."""
     table, instance = run(step, trace)
     ref = replay_instance(step, trace.arrival_s, trace.input_tokens, trace.output_tokens)
     assert np.max(np.abs(np.asarray(table.first_token_s) - ref.first_token_s)) < 1e-9
     assert np.max(np.abs(np.asarray(table.finish_s) - ref.finish_s)) < 1e-9
     assert instance.busy_j == pytest.approx(ref.busy_j, rel=1e-9)
     assert sum(table.energy_j) == pytest.approx(instance.busy_j, rel=1e-9)
+
+
+@pytest.mark.parametrize("rate", [2.0, 10.0, 25.0, 60.0])
+def test_fast_path_matches_per_iteration_reference(step, rate):
+    _assert_matches_reference(step, poisson_trace(rate, 500, seed=int(rate)))
 
 
 def test_power_cap_binds_and_matches_reference():
@@ -119,3 +123,43 @@ def test_fifo_order_of_first_tokens_under_saturation(step):
     first = np.asarray(table.first_token_s)
     assert np.all(np.diff(first) >= -1e-12)  # nobody overtakes the head of the queue
     assert all(math.isfinite(f) for f in table.finish_s)
+
+
+MODES = {
+    "kv padding": dict(kv_pad_tokens=1024, per_padded_kv_token_s=2e-6),
+    "admission lead": dict(admission_lead_per_seq_s=3e-4),
+    "both": dict(kv_pad_tokens=4096, per_padded_kv_token_s=5e-6, admission_lead_per_seq_s=1e-3),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("rate", [2.0, 20.0, 80.0])
+def test_engine_modes_match_per_iteration_reference(mode, rate):
+    step = make_step(**MODES[mode])
+    for seed in (3, 4):
+        _assert_matches_reference(step, poisson_trace(rate, 400, seed))
+
+
+def test_admission_lead_makes_a_late_arrival_wait_one_iteration():
+    # A decode of 4 sequences runs; a request arriving 0.1 ms before a boundary makes that boundary
+    # without a lead, and the next one with a lead of 1 ms per sequence (4 ms).
+    lead = make_step(admission_lead_per_seq_s=1e-3)
+    plain = make_step()
+    first_ends = []
+    for step in (plain, lead):
+        # 4 long requests at t=0, then one more just before the end of their 3rd decode iteration
+        warm = run(step, make_trace([0.0] * 4, [100] * 4, [50] * 4))[0]
+        prefill_end = warm.first_token_s[0]
+        boundary = prefill_end + step.decode_stretch_s(4, 4 * 101, 3)
+        table, _ = run(step, make_trace([0.0] * 4 + [boundary - 1e-4], [100] * 5, [50] * 4 + [5]))
+        first_ends.append((table.first_token_s[4], boundary))
+    (plain_first, plain_boundary), (lead_first, lead_boundary) = first_ends
+    assert plain_first == pytest.approx(plain_boundary + plain.iteration_s(5, 104, 4 * 104, 100, 100**2))
+    assert lead_first > lead_boundary + lead.iteration_s(5, 104, 4 * 104, 100, 100**2) + 1e-3
+
+
+def test_admission_lead_never_delays_an_idle_engine():
+    step = make_step(admission_lead_per_seq_s=1.0)  # a huge lead
+    table, _ = run(step, make_trace([0.0, 10.0], [100, 100], [3, 3]))
+    for i, arrival in enumerate((0.0, 10.0)):
+        assert table.first_token_s[i] == pytest.approx(arrival + step.iteration_s(1, 100, 0, 100, 100**2))

@@ -59,11 +59,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_cluster_fast_path_matches_per_iteration_reference(profiles, case):
-    spec = CASES[case]
-    trace = small_trace(seed=7, rate=spec["rate"], duration=600.0, arrival=spec["arrival"])
-    result = simulate(trace, TASKS, spec["policy"], profiles, spec["settings"])
+def _assert_matches_reference(result) -> None:
+    """Every request finished, with the first-token and finish times and replica energy of the per-iteration
+    reference replay of its replica's requests."""
     frame = requests_frame(result)
     assert (frame.status == "finished").all()
     first, finish, busy_j = _replay_per_replica(result, frame)
@@ -72,6 +70,14 @@ def test_cluster_fast_path_matches_per_iteration_reference(profiles, case):
     for inst in result.instances:
         if inst.instance_id in busy_j:
             assert inst.busy_j == pytest.approx(busy_j[inst.instance_id], rel=1e-9)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cluster_fast_path_matches_per_iteration_reference(profiles, case):
+    spec = CASES[case]
+    trace = small_trace(seed=7, rate=spec["rate"], duration=600.0, arrival=spec["arrival"])
+    result = simulate(trace, TASKS, spec["policy"], profiles, spec["settings"])
+    _assert_matches_reference(result)
     if "replanning" in case:
         assert sum(result.reconfigurations.values()) > 0 and len(result.instances) > len(TASKS)
 
@@ -125,3 +131,29 @@ def test_streamed_run_equals_in_memory_run(profiles, tmp_path):
                 assert approx[key] == pytest.approx(value, rel=rel), (exact["task"], key)
             else:
                 assert approx[key] == value, (exact["task"], key)
+
+
+@pytest.fixture(scope="module")
+def engine_mode_profiles(profiles, tmp_path_factory) -> ProfileSet:
+    """The default profiles with every step model padding its KV read (4,096-token shapes) and admitting
+    behind the host's per-sequence work, written and reloaded (the optional columns round-trip)."""
+    from profiles.profile_set import write_profile_set
+
+    steps = profiles.step_models.copy()
+    steps["kv_pad_tokens"] = 4096
+    steps["per_padded_kv_token_s"] = 2e-7
+    steps["admission_lead_per_seq_s"] = 2e-4
+    tables = {"step_models": steps, "curves": profiles.curves, "saturation": profiles.saturation,
+              "quality": profiles.quality, "workloads": profiles.workloads}
+    path = write_profile_set(tmp_path_factory.mktemp("modes") / "profiles", profiles.manifest, tables)
+    loaded = ProfileSet.load(path)
+    assert all(loaded.step(k).kv_pad_tokens == 4096 for k in loaded.configs())
+    return loaded
+
+
+@pytest.mark.parametrize("case", ["static-least-outstanding", "replanning-round-robin"])
+def test_engine_modes_match_per_iteration_reference_in_a_cluster(engine_mode_profiles, case):
+    spec = CASES[case]
+    trace = small_trace(seed=5, rate=spec["rate"], duration=600.0, arrival=spec["arrival"])
+    result = simulate(trace, TASKS, spec["policy"], engine_mode_profiles, spec["settings"])
+    _assert_matches_reference(result)

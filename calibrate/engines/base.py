@@ -89,7 +89,8 @@ class HandlerBase:
         return f"http://{self.spec.host}:{port}"
 
     def known_capacity(self, entry: PlanEntry) -> dict[str, int]:
-        return {k: int(v) for k, v in self.spec.capacity.items()}
+        """Capacities the plan states: the engine's, overridden by the entry's own."""
+        return {k: int(v) for k, v in {**dict(self.spec.capacity), **dict(entry.capacity)}.items()}
 
     def discover_capacity(self, entry: PlanEntry, base_url: str) -> dict[str, int]:
         """Capacities the running engine reports at ``capacity_path`` (keys kv_capacity_tokens, max_batch,

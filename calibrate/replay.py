@@ -1,0 +1,49 @@
+"""The requests a trace-slice replay sends: one place, so the dry run shows exactly what the engine will get.
+
+``duration_s`` is the slice's length in *trace* time; the slice is then compressed or stretched to
+``rate_qps``, so on the engine it lasts about ``n_requests / rate_qps`` seconds (the Azure 2023 conversation
+trace runs at about 5.5 req/s: 60 s of it replayed at 1 req/s take about 5 minutes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibrate.plan import ReplaySpec
+
+
+@dataclass(frozen=True)
+class ReplayRequests:
+    arrival_s: np.ndarray  # send times from the replay's start
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    trace_source: str
+
+    @property
+    def wall_s(self) -> float:
+        """Time from the first to the last send on the engine (draining the last requests comes on top)."""
+        return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self.arrival_s) > 1 else 0.0
+
+
+def replay_requests(replay: ReplaySpec) -> ReplayRequests:
+    """The slice of ``replay.trace``, scaled to ``replay.rate_qps``, lengths clipped to ``max_total_tokens``
+    (output first, at most ``max_total_tokens - 1``; then input into what is left)."""
+    from traces.azure import load_azure_trace, load_shipped_trace
+    from traces.transform import scale_to_rate, slice_time
+
+    trace = load_shipped_trace(replay.trace) if replay.trace in ("conv", "code") else load_azure_trace(replay.trace)
+    piece = scale_to_rate(slice_time(trace, replay.start_s, replay.start_s + replay.duration_s), replay.rate_qps)
+    out = np.clip(np.asarray(piece.output_tokens, dtype=np.int64), 1, replay.max_total_tokens - 1)
+    inp = np.maximum(1, np.minimum(np.asarray(piece.input_tokens, dtype=np.int64), replay.max_total_tokens - out))
+    return ReplayRequests(np.asarray(piece.arrival_s, dtype=float), inp, out, piece.source)
+
+
+def describe_replay(replay: ReplaySpec) -> str:
+    """One line for the dry run: how many requests, over how long, of which lengths."""
+    reqs = replay_requests(replay)
+    return (f"replay {replay.name}: {replay.trace} [{replay.start_s:g}, {replay.start_s + replay.duration_s:g}) s of "
+            f"trace, {len(reqs.arrival_s)} requests at {replay.rate_qps:g} req/s = {reqs.wall_s:.0f} s of sending; "
+            f"input mean {reqs.input_tokens.mean():.0f} / max {reqs.input_tokens.max()} tokens, output mean "
+            f"{reqs.output_tokens.mean():.0f} / max {reqs.output_tokens.max()} tokens")
