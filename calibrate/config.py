@@ -140,6 +140,12 @@ class QualityConf:
 
 
 @dataclass
+class PrefixProbeConf:
+    enabled: bool = True
+    prompt_tokens: int = 1024
+
+
+@dataclass
 class PlanConf:
     name: str = MISSING
     entries: list[EntryConf] = field(default_factory=list)
@@ -156,6 +162,7 @@ class PlanConf:
     energy: EnergyConf = field(default_factory=EnergyConf)
     quality: QualityConf = field(default_factory=QualityConf)
     max_attempts_per_point: int = 2
+    prefix_probe: PrefixProbeConf = field(default_factory=PrefixProbeConf)
 
 
 @dataclass

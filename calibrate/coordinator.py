@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import platform
+
+import numpy as np
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,9 @@ from calibrate.db import PointKey, ResultsDB, StoredPoint, qps_key
 from calibrate.energy import NoEnergyMeter, idle_power_w, open_energy_meter
 from calibrate.loadgen import EngineFailure, Endpoint, RequestSpec, run_closed_loop, run_open_loop
 from calibrate.plan import Plan, PlanEntry
-from calibrate.prompts import PromptBuilder, load_tokenizer
+from calibrate.prefix_probe import PROBE_OUTPUT_TOKENS, PROBE_ROLES, prefix_verdict, probe_prompts
+from calibrate.prompt_check import PromptSample, check_prompts, raise_if_bad
+from calibrate.prompts import PromptBuilder, load_tokenizer, stable_hash
 from calibrate.quality_import import (QualityImportError, lm_eval_command, lm_eval_scores, opencompass_scores,
                                       run_lm_eval, task_rows)
 from calibrate.replay import replay_requests
@@ -34,6 +38,14 @@ from calibrate.validate import measured_result
 FIT_PROMPT_OFFSET = 1_000_000  # prompt indices of fit runs, away from the bursts' pool
 WARMUP_PROMPT_OFFSET = 2_000_000
 REPLAY_PROMPT_OFFSET = 3_000_000
+PROBE_PROMPT_OFFSET = 4_000_000
+PROMPT_CHECK_BURST_REQUESTS = 48  # requests of each point kind whose prompts are checked before measuring
+
+
+def point_prompt_base(label: str) -> int:
+    """The prompt index of request 0 of a point: every point (each burst QPS, each replay) draws its own prompts,
+    so no two points send the same prompt (an engine that caches prefixes would skip its prefill)."""
+    return (1 + stable_hash(label)) << 24
 
 
 def failed_result(qps: float, n: int) -> ProbeResult:
@@ -127,11 +139,13 @@ class EntryRunner:
         else:
             self.meter = NoEnergyMeter("energy measurement disabled by plan.energy.enabled=false")
         tokenizer = None
+        self.tokenizer_name = "the word approximation"
         if plan.engine.tokenizer:
             path = entry.checkpoint_ref if plan.engine.tokenizer == "checkpoint" else plan.engine.tokenizer
             tokenizer = load_tokenizer(path)
-        self.prompts = PromptBuilder(seed=plan.burst.seed, tokenizer=tokenizer)
-        self._prompt_cache: dict[tuple[int, int], str] = {}
+            self.tokenizer_name = f"tokenizer '{path}'"
+        self.prompts = PromptBuilder(seed=plan.burst.seed, tokenizer=tokenizer, tokenizer_name=self.tokenizer_name)
+        self._prompt_cache: dict[tuple, str] = {}
         self.measured = 0
         self.skipped = 0
         self._warm_launch = 0
@@ -163,13 +177,93 @@ class EntryRunner:
         if idle is not None:
             self.db.set_info(self.entry.name, f"idle_w/launch{self.supervisor.launches}", idle)
 
-    def _prompt(self, index: int, n_tokens: int) -> str:
-        key = (index, n_tokens)
+    def _prompt(self, index: int, n_tokens: int, prefix: tuple[int, int] | None = None) -> str:
+        key = (index, n_tokens, prefix)
         text = self._prompt_cache.get(key)
         if text is None:
-            text = self.prompts.prompt(index, n_tokens)
+            text = self.prompts.prompt(index, n_tokens, prefix)
             self._prompt_cache[key] = text
         return text
+
+    # --- what each point sends (one place, so the prompt check sees exactly what is measured) ------------
+
+    def burst_specs(self, workload: str, phase: str, plan_b: BurstPlan, qps: float) -> list[RequestSpec]:
+        arrivals = plan_b.arrivals_s(qps)
+        inp, out = plan_b.lengths(qps)
+        base = point_prompt_base(f"{workload}|{phase}|{qps_key(qps)}")
+        return [RequestSpec(i, float(arrivals[i]), self._prompt(base + i, int(inp[i])), int(inp[i]), int(out[i]))
+                for i in range(len(arrivals))]
+
+    def fit_specs(self, i: int, spec: "FitRunSpec") -> list[RequestSpec]:
+        base = FIT_PROMPT_OFFSET + 10_000 * i
+        return [RequestSpec(base + j, 0.0, self._prompt(base + j, spec.input_tokens), spec.input_tokens,
+                            spec.output_tokens) for j in range(spec.requests)]
+
+    def replay_specs(self, replay) -> list[RequestSpec]:
+        reqs = replay_requests(replay)
+        base = REPLAY_PROMPT_OFFSET + point_prompt_base(f"replay|{replay.name}")
+        specs = []
+        for j in range(len(reqs.arrival_s)):
+            n = int(reqs.input_tokens[j])
+            prefix = None
+            if reqs.prefix_tokens is not None and reqs.prefix_tokens[j] > 0:
+                prefix = (int(point_prompt_base(f"prefix|{replay.name}") + reqs.prefix_group[j]),
+                          int(reqs.prefix_tokens[j]))
+            specs.append(RequestSpec(base + j, float(reqs.arrival_s[j]), self._prompt(base + j, n, prefix), n,
+                                     int(reqs.output_tokens[j])))
+        return specs
+
+    def probe_specs(self) -> list[RequestSpec]:
+        n = self.plan.prefix_probe.prompt_tokens
+        return [RequestSpec(PROBE_PROMPT_OFFSET + k, 0.0, self._prompt(PROBE_PROMPT_OFFSET + index, n), n,
+                            PROBE_OUTPUT_TOKENS) for k, (_, index) in enumerate(probe_prompts(n))]
+
+    def prompt_samples(self) -> list[PromptSample]:
+        """A sample of every kind of point the entry will measure: the first requests of two burst rates per
+        workload (so prompts repeated across points show), each fit run's first two and its longest, every
+        replay's first requests and longest prompts (all of a shared-prefix replay), the probe's distinct ones."""
+        samples: list[PromptSample] = []
+        k = PROMPT_CHECK_BURST_REQUESTS
+        b = self.plan.burst
+        for workload in self.entry.workloads:
+            plan_b = BurstPlan.for_workload(workload, b.seed, b.burst_s, b.min_requests, b.max_requests,
+                                            b.max_total_tokens)
+            for qps in (self.plan.search.start_qps, self.plan.search.start_qps * 2):
+                for spec in self.burst_specs(workload, "search", plan_b, qps)[:k]:
+                    samples.append(PromptSample(f"search burst {workload} {qps:g} req/s request {spec.index}",
+                                                spec.prompt, spec.input_tokens))
+        if self.plan.fit.enabled:
+            runs, _ = fit_run_specs(self.plan, self.handler.known_capacity(self.entry))
+            for i, run in enumerate(runs):
+                for spec in self.fit_specs(i, run)[:2]:
+                    samples.append(PromptSample(f"fit {run.key} request {spec.index}", spec.prompt, spec.input_tokens))
+        for replay in self.plan.replays_for(self.entry):
+            reqs = replay_requests(replay)
+            specs = self.replay_specs(replay)
+            chosen = set(range(min(k, len(specs)))) | set(np.argsort(reqs.input_tokens)[-4:].tolist())
+            if reqs.prefix_tokens is not None:
+                chosen = set(range(len(specs)))
+            for j in sorted(chosen):
+                group = None if reqs.prefix_group is None or reqs.prefix_group[j] < 0 else int(reqs.prefix_group[j])
+                samples.append(PromptSample(f"replay {replay.name} request {j}", specs[j].prompt, specs[j].input_tokens,
+                                            group, int(reqs.prefix_tokens[j]) if group is not None else 0))
+        if self.plan.prefix_probe.enabled:
+            probe = self.probe_specs()
+            for spec, role in zip(probe, PROBE_ROLES):
+                if role != "same-warm":  # the repeats are the point of the probe
+                    samples.append(PromptSample(f"prefix probe {role}", spec.prompt, spec.input_tokens))
+        return samples
+
+    def check_prompts(self) -> None:
+        """Before any point is measured: the prompts are the vocabulary's own, of the meant length, and share no
+        prefix the workload does not ask for (``calibrate.prompt_check``); a failure stops the plan."""
+        check = check_prompts(self.prompts, self.prompt_samples())
+        self.db.set_info(self.entry.name, "prompt_check", check.as_dict())
+        raise_if_bad(check, self.tokenizer_name)
+        self.log(f"[{self.entry.name}] prompts: {check.samples} sampled prompts checked ({check.method}); "
+                 f"worst unknown/special share {100 * check.worst_unusable_fraction:.1f} %, worst count error "
+                 f"{check.worst_count_error_tokens} tokens, longest unintended shared prefix "
+                 f"{check.longest_unintended_shared_tokens} tokens")
 
     # --- points ------------------------------------------------------------------------------------
 
@@ -224,10 +318,7 @@ class EntryRunner:
 
     def burst_probe(self, workload: str, plan_b: BurstPlan, phase: str):
         def probe(qps: float) -> ProbeResult:
-            arrivals = plan_b.arrivals_s(qps)
-            inp, out = plan_b.lengths(qps)
-            specs = [RequestSpec(i, float(arrivals[i]), self._prompt(i, int(inp[i])), int(inp[i]), int(out[i]))
-                     for i in range(len(arrivals))]
+            specs = self.burst_specs(workload, phase, plan_b, qps)
             point = self.measure(PointKey(self.entry.name, workload, phase, qps_key(qps)), specs, qps=qps)
             self._last_point = point
             assert point.result is not None
@@ -274,11 +365,7 @@ class EntryRunner:
 
     def run_replay(self, replay) -> None:
         """A slice of a real trace, its arrival pattern scaled to the replay's rate (phase "replay")."""
-        reqs = replay_requests(replay)
-        base = REPLAY_PROMPT_OFFSET
-        specs = [RequestSpec(base + j, float(reqs.arrival_s[j]), self._prompt(base + j, int(reqs.input_tokens[j])),
-                             int(reqs.input_tokens[j]), int(reqs.output_tokens[j]))
-                 for j in range(len(reqs.arrival_s))]
+        specs = self.replay_specs(replay)
         point = self.measure(PointKey(self.entry.name, f"trace:{replay.trace}", "replay", replay.name), specs)
         self.log(f"[{self.entry.name}] replay {replay.name}: {len(specs)} requests at {replay.rate_qps:g} req/s "
                  f"({point.status})")
@@ -306,12 +393,22 @@ class EntryRunner:
         for note in notes:
             self.log(f"[{self.entry.name}] fit: {note}")
         for i, spec in enumerate(runs):
-            base = FIT_PROMPT_OFFSET + 10_000 * i
-            specs = [RequestSpec(base + j, 0.0, self._prompt(base + j, spec.input_tokens), spec.input_tokens,
-                                 spec.output_tokens) for j in range(spec.requests)]
+            specs = self.fit_specs(i, spec)
             self.measure(PointKey(self.entry.name, "", "fit", spec.key), specs, concurrency=spec.concurrency,
                          input_tokens=spec.input_tokens, output_tokens=spec.output_tokens)
             report.fit_runs += 1
+
+    def run_prefix_probe(self) -> None:
+        """Does the engine reuse prefixes (``calibrate.prefix_probe``)? Stored as engine info ``prefix_caching``."""
+        n = self.plan.prefix_probe.prompt_tokens
+        point = self.measure(PointKey(self.entry.name, "", "prefix-probe", f"in{n}"), self.probe_specs(),
+                             concurrency=1, input_tokens=n, output_tokens=PROBE_OUTPUT_TOKENS)
+        if point.status != "done":
+            self.log(f"[{self.entry.name}] prefix-caching probe {point.status}: {point.error}")
+            return
+        verdict = prefix_verdict(self.db.requests(point.id), n, f"{self.plan.engine.version}, entry {self.entry.name}")
+        self.db.set_info(self.entry.name, "prefix_caching", verdict.as_dict())
+        self.log(f"[{self.entry.name}] prefix caching: {verdict.source}")
 
     def run_quality(self) -> None:
         lm = self.plan.quality.run_lm_eval
@@ -333,6 +430,9 @@ class EntryRunner:
         report = EntryReport(self.entry.name)
         try:
             self.db.set_info(self.entry.name, "energy", self.meter.describe())
+            self.check_prompts()
+            if self.plan.prefix_probe.enabled:
+                self.run_prefix_probe()
             for workload in self.entry.workloads:
                 self.run_workload(workload, report)
             if self.plan.fit.enabled:

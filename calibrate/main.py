@@ -25,6 +25,7 @@ from calibrate.db import ResultsDB, ResultsDbError
 from calibrate.engines import make_handler
 from calibrate.export import ExportError, export_profile_set
 from calibrate.plan import Plan, PlanError, load_plan_file, plan_from_mapping, shown_path, validate_plan
+from calibrate.prompts import PromptError
 from calibrate.quality_import import QualityImportError
 from calibrate.replay import describe_replay
 
@@ -126,7 +127,7 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None
 def main(cfg: DictConfig) -> None:
     try:
         code = run(cfg)
-    except (PlanError, ResultsDbError, ExportError, QualityImportError) as exc:
+    except (PlanError, ResultsDbError, ExportError, QualityImportError, PromptError) as exc:
         print(f"qfleet-calibrate: {exc}", file=sys.stderr)
         sys.exit(2)
     if code:

@@ -157,6 +157,25 @@ class QualitySpec:
 
 
 @dataclass(frozen=True)
+class PrefixProbeSpec:
+    """The prefix-caching probe (``calibrate.prefix_probe``): one prompt cold and warm, at concurrency 1."""
+
+    enabled: bool = True
+    prompt_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class SharedPrefixSpec:
+    """Prompts that share prefixes on purpose: a ``fraction`` of the requests starts with one of ``groups``
+    shared prefixes of ``tokens`` tokens (at most the prompt's length - 1), drawn with ``seed``."""
+
+    fraction: float
+    groups: int
+    tokens: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ReplaySpec:
     """Replay a slice of a real trace (Azure LLM trace format) against an entry's engine.
 
@@ -171,6 +190,7 @@ class ReplaySpec:
     rate_qps: float
     entries: tuple[str, ...] = ()  # empty: the plan's first entry
     max_total_tokens: int = 4096
+    shared_prefix: SharedPrefixSpec | None = None  # None: every prompt distinct
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,7 @@ class Plan:
     quality: QualitySpec = field(default_factory=QualitySpec)
     max_attempts_per_point: int = 2
     replays: tuple[ReplaySpec, ...] = ()
+    prefix_probe: PrefixProbeSpec = field(default_factory=PrefixProbeSpec)
 
     def replays_for(self, entry: PlanEntry) -> tuple[ReplaySpec, ...]:
         first = self.entries[0].name if self.entries else ""
@@ -333,7 +354,8 @@ def _mapping(value, where):
 
 
 PLAN_KEYS = {"name", "entries", "engine", "slos", "results_db", "export_path", "work_dir", "gpus_available",
-             "search", "sweep_fractions", "burst", "fit", "energy", "quality", "max_attempts_per_point", "replays"}
+             "search", "sweep_fractions", "burst", "fit", "energy", "quality", "max_attempts_per_point", "replays",
+             "prefix_probe"}
 
 
 def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
@@ -402,9 +424,17 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
         energy=_build(EnergySpec, values.get("energy"), "plan.energy"),
         quality=quality,
         max_attempts_per_point=_int(values.get("max_attempts_per_point", 2), "plan.max_attempts_per_point"),
-        replays=tuple(_build(ReplaySpec, r, f"plan.replays[{i}]", {"entries": _tuple_of(_str)})
+        replays=tuple(_build(ReplaySpec, r, f"plan.replays[{i}]", {"entries": _tuple_of(_str),
+                                                                  "shared_prefix": _shared_prefix})
                       for i, r in enumerate(values.get("replays") or ())),
+        prefix_probe=_build(PrefixProbeSpec, values.get("prefix_probe"), "plan.prefix_probe"),
     )
+
+
+def _shared_prefix(value, where):
+    if value is None:
+        return None
+    return _build(SharedPrefixSpec, value, where)
 
 
 def shown_path(path: str | Path) -> str:
@@ -478,6 +508,10 @@ def plan_problems(plan: Plan, handler, launch_checks: bool = True) -> list[str]:
             problems.append(f"{where}: need start_s >= 0, duration_s > 0, rate_qps > 0, max_total_tokens >= 2")
         if r.trace not in ("conv", "code") and not Path(r.trace).exists():
             problems.append(f"{where}, field 'trace': '{r.trace}' is neither 'conv', 'code' nor an existing CSV")
+        sp = r.shared_prefix
+        if sp is not None and not (0.0 < sp.fraction <= 1.0 and sp.groups >= 1 and sp.tokens >= 1):
+            problems.append(f"{where}, field 'shared_prefix': need 0 < fraction <= 1, groups >= 1, tokens >= 1; "
+                            f"got {sp}")
         for name in r.entries:
             if name not in entry_names:
                 problems.append(f"{where}, field 'entries': no entry named '{name}'")
@@ -487,6 +521,10 @@ def plan_problems(plan: Plan, handler, launch_checks: bool = True) -> list[str]:
     b = plan.burst
     if not (b.burst_s > 0 and 1 <= b.min_requests <= b.max_requests and b.max_total_tokens >= 2):
         problems.append(f"plan.burst: need burst_s > 0, 1 <= min_requests <= max_requests, max_total_tokens >= 2; got {b}")
+    pp = plan.prefix_probe
+    if pp.enabled and not 2 <= pp.prompt_tokens <= plan.burst.max_total_tokens - 4:
+        problems.append(f"plan.prefix_probe.prompt_tokens: must be in 2..{plan.burst.max_total_tokens - 4} "
+                        f"(plan.burst.max_total_tokens - 4), got {pp.prompt_tokens}")
     f = plan.fit
     if f.enabled:
         if not f.prefill_input_tokens or min(f.prefill_input_tokens) < 1 or f.prefill_output_tokens < 2:

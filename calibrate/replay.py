@@ -20,6 +20,8 @@ class ReplayRequests:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     trace_source: str
+    prefix_group: np.ndarray | None = None  # shared-prefix group per request (-1: none); None: all distinct
+    prefix_tokens: np.ndarray | None = None  # tokens of the prompt that are the group's shared prefix
 
     @property
     def wall_s(self) -> float:
@@ -37,7 +39,19 @@ def replay_requests(replay: ReplaySpec) -> ReplayRequests:
     piece = scale_to_rate(slice_time(trace, replay.start_s, replay.start_s + replay.duration_s), replay.rate_qps)
     out = np.clip(np.asarray(piece.output_tokens, dtype=np.int64), 1, replay.max_total_tokens - 1)
     inp = np.maximum(1, np.minimum(np.asarray(piece.input_tokens, dtype=np.int64), replay.max_total_tokens - out))
-    return ReplayRequests(np.asarray(piece.arrival_s, dtype=float), inp, out, piece.source)
+    group, shared = (shared_prefixes(inp, replay.shared_prefix) if replay.shared_prefix is not None else (None, None))
+    return ReplayRequests(np.asarray(piece.arrival_s, dtype=float), inp, out, piece.source, group, shared)
+
+
+def shared_prefixes(input_tokens: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Which requests start with which shared prefix: a ``spec.fraction`` of them, each with one of
+    ``spec.groups`` prefixes of ``spec.tokens`` tokens (at most its prompt - 1), seeded by ``spec.seed``."""
+    rng = np.random.default_rng([int(spec.seed), 0x5AFE])
+    n = len(input_tokens)
+    shared = rng.random(n) < spec.fraction
+    group = rng.integers(0, spec.groups, n)
+    tokens = np.where(shared, np.minimum(spec.tokens, np.asarray(input_tokens) - 1), 0).clip(min=0)
+    return np.where(tokens > 0, group, -1).astype(np.int64), tokens.astype(np.int64)
 
 
 def describe_replay(replay: ReplaySpec) -> str:
@@ -46,4 +60,7 @@ def describe_replay(replay: ReplaySpec) -> str:
     return (f"replay {replay.name}: {replay.trace} [{replay.start_s:g}, {replay.start_s + replay.duration_s:g}) s of "
             f"trace, {len(reqs.arrival_s)} requests at {replay.rate_qps:g} req/s = {reqs.wall_s:.0f} s of sending; "
             f"input mean {reqs.input_tokens.mean():.0f} / max {reqs.input_tokens.max()} tokens, output mean "
-            f"{reqs.output_tokens.mean():.0f} / max {reqs.output_tokens.max()} tokens")
+            f"{reqs.output_tokens.mean():.0f} / max {reqs.output_tokens.max()} tokens"
+            + (f"; {int((reqs.prefix_tokens > 0).sum())} requests start with one of {replay.shared_prefix.groups} "
+               f"shared prefixes of up to {replay.shared_prefix.tokens} tokens"
+               if reqs.prefix_tokens is not None else ""))

@@ -30,6 +30,12 @@ position (a hash of its prompt), but never before ``min_tokens``. A request that
 
 The stand-in reports no energy: it has no GPU, and it does not pretend to.
 
+Prefix caching (``--prefix-block-tokens B``, off by default): like engines that share KV blocks, the stand-in
+remembers every complete block of ``B`` prompt words it has prefilled (a chained hash of the words, kept
+forever: this engine never evicts), and a new prompt skips the prefill of its leading cached blocks, at most
+``floor((L - 1) / B) * B`` of its ``L`` tokens: the iteration counts only the uncached tokens, and its
+attention term ``L^2 - hit^2``. It lets the tests check that calibration detects prefix reuse.
+
 Fault injection for tests: ``--hang-after-requests N`` stops producing tokens once N requests have
 been received (the server keeps answering /health), so hang detection can be exercised; with
 ``--hang-once-file PATH`` it hangs only when PATH does not exist yet (and creates it), so a restarted
@@ -68,14 +74,21 @@ class _Request:
     tokens: asyncio.Queue = field(default_factory=asyncio.Queue)
     generated: int = 0
     cancelled: bool = False
+    blocks: tuple[int, ...] = ()  # chained hashes of the prompt's complete blocks (prefix caching on)
+    cached_tokens: int = 0  # tokens of the prompt whose prefill a cached prefix saved
 
 
 class StandinEngine:
     """The iteration loop; ``submit`` from request handlers, ``run`` as one task."""
 
-    def __init__(self, step: StepModel, time_scale: float = 1.0, hang_after_requests: int | None = None):
+    def __init__(self, step: StepModel, time_scale: float = 1.0, hang_after_requests: int | None = None,
+                 prefix_block_tokens: int = 0):
         if not time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if prefix_block_tokens < 0:
+            raise ValueError(f"prefix_block_tokens must be >= 0, got {prefix_block_tokens}")
+        self.prefix_block_tokens = prefix_block_tokens
+        self.cached_blocks: set[int] = set()
         self.step = step
         self.time_scale = time_scale
         self.hang_after_requests = hang_after_requests
@@ -99,11 +112,31 @@ class StandinEngine:
         if input_tokens > step.max_num_tokens:
             raise RequestRejected(f"prompt of {input_tokens} tokens exceeds max_num_tokens={step.max_num_tokens}")
 
-    def submit(self, input_tokens: int, output_tokens: int) -> _Request:
+    def block_hashes(self, text: str) -> tuple[int, ...]:
+        """Chained hashes of the prompt's complete blocks of ``prefix_block_tokens`` words."""
+        b = self.prefix_block_tokens
+        words = text.split()
+        hashes, parent = [], 0
+        for start in range(0, len(words) - b + 1, b) if b else ():
+            parent = stable_hash(f"{parent}|{' '.join(words[start:start + b])}")
+            hashes.append(parent)
+        return tuple(hashes)
+
+    def _cached_tokens(self, req: _Request) -> int:
+        b = self.prefix_block_tokens
+        hit = 0
+        for h in req.blocks[:max(req.input_tokens - 1, 0) // b if b else 0]:
+            if h not in self.cached_blocks:
+                break
+            hit += b
+        return hit
+
+    def submit(self, input_tokens: int, output_tokens: int, text: str = "") -> _Request:
         self.check(input_tokens, output_tokens)
         self._ids += 1
         self.received += 1
-        req = _Request(self._ids, input_tokens, output_tokens)
+        req = _Request(self._ids, input_tokens, output_tokens,
+                       blocks=self.block_hashes(text) if self.prefix_block_tokens else ())
         self.waiting.append(req)
         self._wake.set()
         return req
@@ -152,8 +185,10 @@ class StandinEngine:
             if not new and not self.running:
                 continue  # only cancelled requests were waiting
             batch = len(self.running)
-            prefill = sum(r.input_tokens for r in new)
-            prefill_sq = sum(r.input_tokens * r.input_tokens for r in new)
+            for r in new:
+                r.cached_tokens = self._cached_tokens(r) if self.prefix_block_tokens else 0
+            prefill = sum(r.input_tokens - r.cached_tokens for r in new)
+            prefill_sq = sum(r.input_tokens * r.input_tokens - r.cached_tokens * r.cached_tokens for r in new)
             kv = sum(r.input_tokens + r.generated for r in self.running)
             duration = self.step.iteration_s(batch + len(new), batch + prefill, kv, prefill, prefill_sq)
             start = loop.time() if end is None else end
@@ -164,6 +199,8 @@ class StandinEngine:
             else:
                 await asyncio.sleep(0)
             self.iterations += 1
+            for r in new:
+                self.cached_blocks.update(r.blocks)
             still: list[_Request] = []
             for req in self.running:
                 self._emit(req, still)
@@ -227,8 +264,9 @@ def _prompt_of(body: dict, chat: bool) -> tuple[str, int]:
 class StandinServer:
     """The aiohttp application around one engine."""
 
-    def __init__(self, step: StepModel, time_scale: float, model_name: str, hang_after_requests: int | None):
-        self.engine = StandinEngine(step, time_scale, hang_after_requests)
+    def __init__(self, step: StepModel, time_scale: float, model_name: str, hang_after_requests: int | None,
+                 prefix_block_tokens: int = 0):
+        self.engine = StandinEngine(step, time_scale, hang_after_requests, prefix_block_tokens)
         self.model_name = model_name
         self.stats: Counter[str] = Counter()
         self.app = web.Application()
@@ -298,7 +336,7 @@ class StandinServer:
             ignore_eos = bool(body.get("ignore_eos", False))
             out = output_length(text, max_tokens, min_tokens, ignore_eos)
             self.engine.check(input_tokens, max_tokens)
-            req = self.engine.submit(input_tokens, out)
+            req = self.engine.submit(input_tokens, out, text)
         except RequestRejected as exc:
             return _error(400, str(exc))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
@@ -366,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", default="standin")
     parser.add_argument("--hang-after-requests", type=int, default=None)
     parser.add_argument("--hang-once-file", type=Path, default=None)
+    parser.add_argument("--prefix-block-tokens", type=int, default=0,
+                        help="reuse cached prompt blocks of this many tokens (0: no prefix caching)")
     args = parser.parse_args(argv)
     step = load_step_model(args.step_model)
     hang = args.hang_after_requests
@@ -374,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
             hang = None
         else:
             args.hang_once_file.write_text("hung once\n")
-    server = StandinServer(step, args.time_scale, args.model_name, hang)
+    server = StandinServer(step, args.time_scale, args.model_name, hang, args.prefix_block_tokens)
     print(f"standin: serving {args.model_name} on http://{args.host}:{args.port} (time scale {args.time_scale})",
           flush=True)
     web.run_app(server.app, host=args.host, port=args.port, print=None, access_log=None,

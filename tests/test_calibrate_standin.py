@@ -249,26 +249,6 @@ def test_prompts_have_controlled_lengths():
         assert approx_token_count(builder.prompt(5, n)) == n
     assert builder.prompt(5, 40) == PromptBuilder(seed=7).prompt(5, 40) != builder.prompt(6, 40)
 
-    class ChunkTokenizer:  # a stand-in tokenizer: one token per 3 characters, decodable
-        def __init__(self):
-            self.vocab: dict[str, int] = {}
-            self.pieces: list[str] = []
-
-        def encode(self, text, add_special_tokens=False):
-            ids = []
-            for i in range(0, len(text), 3):
-                piece = text[i:i + 3]
-                if piece not in self.vocab:
-                    self.vocab[piece] = len(self.pieces)
-                    self.pieces.append(piece)
-                ids.append(self.vocab[piece])
-            return ids
-
-        def decode(self, ids):
-            return "".join(self.pieces[i] for i in ids)
-
-    tok = PromptBuilder(seed=1, tokenizer=ChunkTokenizer())
-    assert tok.count(tok.prompt(0, 33)) == 33 and tok.method == "tokenizer"
 
 
 def test_bursts_send_what_the_simulated_probe_replays():

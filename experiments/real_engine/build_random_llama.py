@@ -21,18 +21,25 @@ LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32
                  num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
 
 
-def word_tokenizer(vocab_size: int):
+def word_tokenizer_model(vocab_size: int):
+    """The word-level tokenizer as a ``tokenizers.Tokenizer``: token ``w<i>`` is id ``i``, ids 0-2 are
+    ``<unk>``, ``<s>``, ``</s>``. Any word outside the vocabulary (English words too) encodes to ``<unk>``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     vocab.update({f"w{i}": i for i in range(3, vocab_size)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return tok
+
+
+def word_tokenizer(vocab_size: int):
+    from transformers import PreTrainedTokenizerFast
+
     # No token is registered as special: a random model may emit any id, and every emitted id must
     # decode to visible text, or a streaming client would see an empty chunk and miss a token.
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
+    return PreTrainedTokenizerFast(tokenizer_object=word_tokenizer_model(vocab_size))
 
 
 def _random_model(config, generation):
