@@ -29,6 +29,7 @@ from sim.instance import MAX_REQUEST_ID, Instance
 from sim.planning import CachedProfiles
 from sim.policies import Policy
 from sim.pool import Pool
+from sim.prefix_cache import PrefixCacheSettings
 from sim.requests import PENDING, RequestTable
 from sim.router import make_router
 from traces.trace import Trace
@@ -46,6 +47,7 @@ class ClusterSettings:
     load_gbps_per_gpu: float = 2.0  # assumption: checkpoint read from local NVMe per GPU
     max_queue: int | None = None
     drain_limit_s: float = 3600.0
+    prefix_cache: PrefixCacheSettings | None = None  # None: no replica caches prefixes (sim.prefix_cache)
 
     def __post_init__(self) -> None:
         if self.load_estimate not in ("oracle", "trailing"):
@@ -79,6 +81,7 @@ class RunResult:
     end_s: float
     instance_quality: dict[int, float]  # quality score of the config an instance serves, for its task
     reconfigurations: dict[str, int] = field(default_factory=dict)
+    prefix_cache: PrefixCacheSettings | None = None
 
 
 @dataclass
@@ -97,6 +100,7 @@ class StreamRunResult:
     instance_quality: dict[int, float]
     reconfigurations: dict[str, int] = field(default_factory=dict)
     peak_in_flight: int = 0  # most requests held in memory at once
+    prefix_cache: PrefixCacheSettings | None = None
 
 
 class ArrivalCounter(Protocol):
@@ -163,7 +167,7 @@ class _Run:
             t.name: Pool(
                 env, t, make_router(settings.router), self.profiles, requests, lambda: next(ids),
                 settings.model_load_s, lambda task, now, delta: self.gpu_events.append((now, task, delta)),
-                settings.max_queue, self.horizon_s,
+                settings.max_queue, self.horizon_s, settings.prefix_cache,
             )
             for t in tasks
         }
@@ -237,7 +241,8 @@ class _Run:
                 instance_quality[inst.instance_id] = self.profiles.quality_score(key.model, key.quant, name)
         return dict(instances=instances, instance_task=instance_task, gpu_events=self.gpu_events,
                     deployments=self.deployments, instance_quality=instance_quality,
-                    reconfigurations={name: pool.reconfigurations for name, pool in self.pools.items()})
+                    reconfigurations={name: pool.reconfigurations for name, pool in self.pools.items()},
+                    prefix_cache=self.settings.prefix_cache)
 
 
 def simulate(

@@ -3,6 +3,7 @@ into the run's values, where every wrong value fails before any work with a mess
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -13,9 +14,11 @@ from profiles.profile_set import LatencySlo, ProfileError, ProfileSet, default_p
 from sim.cluster import ClusterSettings
 from sim.deployment import TaskSpec
 from sim.policies import Policy, make_policy
+from sim.prefix_cache import PrefixCacheSettings
 from sim.router import ROUTERS
 from traces.azure import load_azure_trace, load_shipped_trace
 from traces.case_study import DEFAULT_MIX, CaseStudyTraceSpec, build_case_study_trace
+from traces.shared_prefix import SharedPrefixSpec, SharedPrefixStream, add_shared_prefixes
 from traces.stream import WEEK_S, AzureWeekSpec, AzureWeekTrace, TraceStream
 from traces.trace import Trace, TraceError
 from traces.transform import scale_to_rate, slice_time, tile
@@ -24,6 +27,28 @@ from traces.workloads import UnknownWorkloadError, workload_lengths
 
 class ConfigError(ValueError):
     """A configuration value that cannot run; the message names the key."""
+
+
+@dataclass
+class SharedPrefixTaskConf:
+    """One task's overrides of ``trace.shared_prefix`` (null: the shared value)."""
+
+    fraction: Optional[float] = None
+    groups: Optional[int] = None
+    tokens: Optional[int] = None
+    zipf_s: Optional[float] = None
+
+
+@dataclass
+class SharedPrefixConf:
+    """The hit model for traces without prefix columns (``traces.shared_prefix``); fraction 0: off."""
+
+    fraction: float = 0.0
+    groups: int = 8
+    tokens: int = 1024
+    zipf_s: float = 0.0
+    seed: Optional[int] = None  # null: the run's seed
+    tasks: dict[str, SharedPrefixTaskConf] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,12 +67,21 @@ class TraceConf:
     peak_rate_qps: float = 100.0  # azure_week: the diurnal rate's peak
     peak_to_trough: float = 2.0  # azure_week
     chunk_s: float = 3600.0  # azure_week: generated (and held) one chunk at a time
+    shared_prefix: SharedPrefixConf = field(default_factory=SharedPrefixConf)
 
 
 @dataclass
 class PoolConf:
     model: str = MISSING
     workload: str = MISSING
+
+
+@dataclass
+class PrefixCacheConf:
+    """Every replica caches shared prompt prefixes (``sim.prefix_cache``)."""
+
+    enabled: bool = False
+    block_tokens: int = 16
 
 
 @dataclass
@@ -60,6 +94,7 @@ class ClusterConf:
     load_gbps_per_gpu: float = 2.0
     max_queue: Optional[int] = None
     drain_limit_s: float = 3600.0
+    prefix_cache: PrefixCacheConf = field(default_factory=PrefixCacheConf)
 
 
 @dataclass
@@ -126,6 +161,50 @@ def _fail(key: str, why: str) -> ConfigError:
 
 
 def build_trace(cfg: Any, seed: int) -> Trace | TraceStream:
+    """The configured trace, with shared prefixes drawn by ``trace.shared_prefix`` when it is on."""
+    trace = _build_base_trace(cfg, seed)
+    prefix = cfg.get("shared_prefix")
+    specs = shared_prefix_specs(prefix, trace.task_names) if prefix is not None else None
+    if specs is None:
+        return trace
+    prefix_seed = int(prefix.seed) if prefix.seed is not None else int(seed)
+    try:
+        if isinstance(trace, Trace):
+            return add_shared_prefixes(trace, specs, prefix_seed)
+        return SharedPrefixStream(trace, specs, prefix_seed)
+    except ValueError as exc:
+        raise _fail("trace.shared_prefix", str(exc)) from None
+
+
+def shared_prefix_specs(cfg: Any, task_names: tuple[str, ...]) -> dict[str, SharedPrefixSpec] | None:
+    """Per task of the trace, its validated hit model; None when no task gets a shared prefix."""
+    unknown = sorted(set(cfg.tasks) - set(task_names))
+    if unknown:
+        raise _fail(f"trace.shared_prefix.tasks.{unknown[0]}",
+                    f"task '{unknown[0]}' is not in the trace (tasks: {list(task_names)})")
+    shared = {name: cfg[name] for name in ("fraction", "groups", "tokens", "zipf_s")}
+    specs = {}
+    for name in task_names:
+        override = cfg.tasks.get(name)
+        values = dict(shared)
+        where = {key: f"trace.shared_prefix.{key}" for key in values}
+        if override is not None:
+            for key in values:
+                if override[key] is not None:
+                    values[key] = override[key]
+                    where[key] = f"trace.shared_prefix.tasks.{name}.{key}"
+        try:
+            specs[name] = SharedPrefixSpec(float(values["fraction"]), values["groups"], values["tokens"],
+                                           float(values["zipf_s"]))
+        except ValueError as exc:
+            key = str(exc).split(" ")[0].removeprefix("SharedPrefixSpec.")
+            raise _fail(where.get(key, "trace.shared_prefix"), str(exc).split(" ", 1)[1]) from None
+    if cfg.seed is not None and (isinstance(cfg.seed, bool) or int(cfg.seed) < 0):
+        raise _fail("trace.shared_prefix.seed", f"must be a whole number >= 0 or null, got {cfg.seed}")
+    return specs if any(spec.fraction > 0 for spec in specs.values()) else None
+
+
+def _build_base_trace(cfg: Any, seed: int) -> Trace | TraceStream:
     t = cfg
     if t.kind == "azure_week":
         try:
@@ -161,8 +240,7 @@ def build_trace(cfg: Any, seed: int) -> Trace | TraceStream:
                 trace = load_azure_trace(Path(t.path), task_name=t.task)
             elif t.azure in ("conv", "code"):
                 shipped = load_shipped_trace(t.azure)
-                trace = Trace(shipped.arrival_s, shipped.input_tokens, shipped.output_tokens, shipped.task,
-                              (t.task,), shipped.source)
+                trace = dataclasses.replace(shipped, task_names=(t.task,))
             else:
                 raise _fail("trace.azure", f"'{t.azure}' is not one of ['conv', 'code'] (or set trace.path)")
         except TraceError as exc:
@@ -222,6 +300,8 @@ def build_run(cfg: Any) -> RunSpec:
             load_gbps_per_gpu=float(c.load_gbps_per_gpu),
             max_queue=c.max_queue,
             drain_limit_s=float(c.drain_limit_s),
+            prefix_cache=(PrefixCacheSettings(block_tokens=c.prefix_cache.block_tokens)
+                          if c.prefix_cache.enabled else None),
         )
     except ValueError as exc:
         raise ConfigError(f"config key {exc}") from None

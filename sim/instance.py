@@ -35,6 +35,10 @@ event-per-stretch formulation, and ``sim.reference`` checks them against a per-i
 
 Per-request state lives in the request table's columns (slot = ``rid & table.mask``); a running
 request is one int on the heap, ``finish_iteration << 32 | rid``.
+
+Prefix caching (optional, ``prefix_cache`` settings; semantics in ``sim.prefix_cache``): a request whose
+shared prefix is cached prefills only its uncached tokens, and its prefix is cached when its prefill
+iteration ends. Without it the engine runs exactly the code paths above, with no per-request cost.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from heapq import heappop, heappush
 from typing import Callable
 
 from profiles.step_model import StepModel
+from sim.prefix_cache import PrefixCache, PrefixCacheSettings
 from sim.requests import FINISHED, REASON_CODE, REJECTED, RequestTable
 
 INF = math.inf
@@ -70,7 +75,7 @@ class Instance:
         "busy_s", "busy_j", "tokens_out", "outstanding", "waiting", "next_s",
         "_heap", "_kv_offset", "_kv_reserved", "_iteration", "_energy_per_token_j",
         "_op", "_cuttable", "_new", "_op_batch", "_op_i", "_op_kv0", "_op_k", "_op_start", "_op_s", "_op_j",
-        "_op_tokens", "_op_nseq",
+        "_op_tokens", "_op_nseq", "prefix_cache",
     )
 
     def __init__(
@@ -84,6 +89,7 @@ class Instance:
         ready_s: float,
         max_queue: int | None = None,
         on_release: Callable[["Instance"], None] | None = None,
+        prefix_cache: PrefixCacheSettings | None = None,
     ):
         self.instance_id = instance_id
         self.label = label
@@ -124,6 +130,7 @@ class Instance:
         self._op_j = 0.0
         self._op_tokens = 0
         self._op_nseq = 0  # sequences of the iteration(s) in flight: sets the admission lead
+        self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None else None
 
     # --- what the router and the pool call ---------------------------------------------------------
 
@@ -235,6 +242,8 @@ class Instance:
         op = self._op
         lead = step.admission_lead_per_seq_s
         arrival_col = req.arrival_s
+        cache = self.prefix_cache
+        cached_col = req.cached_tokens
         released = False
         while next_s < until_s:
             now = next_s
@@ -251,15 +260,16 @@ class Instance:
                     inp = inp_col[slot]
                     out = out_col[slot]
                     first_col[slot] = now
+                    computed = inp if cache is None else inp - cached_col[slot]  # prompt tokens prefilled
                     if out == 1:
-                        energy_col[slot] = per_token * inp - ept + ept
+                        energy_col[slot] = per_token * computed - ept + ept
                         finish_col[slot] = now
                         status_col[slot] = FINISHED
                         kv_reserved -= inp + 1
                         tokens_out += 1
                         outstanding -= 1
                     else:
-                        energy_col[slot] = per_token * inp - ept
+                        energy_col[slot] = per_token * computed - ept
                         heappush(heap, ((i + out - 1) << _RID_BITS) | rid)
                         kv_offset += inp - i
                 iteration = i + 1
@@ -288,6 +298,8 @@ class Instance:
                     kv_reserved -= inp + out
                     tokens_out += out
                     outstanding -= 1
+                if cache is not None and op == _OP_MIXED:
+                    self._cache_prefixes(new, kv_capacity - kv_reserved)
             # --- decide what comes next ---
             self._cuttable = False
             cutoff = INF
@@ -304,7 +316,9 @@ class Instance:
                 kv_free = kv_capacity - kv_reserved
                 prefill = 0
                 prefill_sq = 0
-                while waiting and room > 0:
+                if cache is not None:
+                    kv_free, prefill, prefill_sq = self._admit_cached(room, budget, kv_free, cutoff)
+                while cache is None and waiting and room > 0:
                     rid = waiting[0]
                     slot = rid & mask
                     inp = inp_col[slot]
@@ -373,10 +387,69 @@ class Instance:
         if released:
             self.release(now)
 
+    # --- prefix caching (sim.prefix_cache) -------------------------------------------------------
 
-def replay_single_instance(step: StepModel, requests: RequestTable) -> Instance:
-    """Run every request of a table through one always-ready instance; for probes and tests."""
-    instance = Instance(0, "single", 1, step, requests, alloc_s=0.0, ready_s=0.0)
+    def _admit_cached(self, room: int, budget: int, kv_free: int, cutoff: float) -> tuple[int, int, int]:
+        """Admission with a prefix cache: as in ``advance``, but a request's prompt costs its uncached tokens
+        (token budget, prefill tokens, ``L^2 - hit^2``); the cache is fitted to the free KV after each one.
+        Returns the free KV, the prefill tokens and their attention sum."""
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        out_col = req.output_tokens
+        arrival_col = req.arrival_s
+        prefix_col = req.prefix_id
+        prefix_tokens_col = req.prefix_tokens
+        cached_col = req.cached_tokens
+        cache = self.prefix_cache
+        waiting = self.waiting
+        new = self._new
+        prefill = 0
+        prefill_sq = 0
+        while waiting and room > 0:
+            rid = waiting[0]
+            slot = rid & mask
+            inp = inp_col[slot]
+            need = inp + out_col[slot]
+            prefix = prefix_col[slot]
+            hit = cache.hit_tokens(prefix, prefix_tokens_col[slot], inp) if prefix >= 0 else 0
+            computed = inp - hit
+            if need > kv_free or computed > budget or arrival_col[slot] > cutoff:
+                break
+            waiting.popleft()
+            new.append(rid)
+            room -= 1
+            budget -= computed
+            kv_free -= need
+            prefill += computed
+            prefill_sq += inp * inp - hit * hit
+            cached_col[slot] = hit
+            if hit:
+                cache.use(prefix)
+            cache.fit(kv_free)
+        return kv_free, prefill, prefill_sq
+
+    def _cache_prefixes(self, prefilled: list[int], kv_free: int) -> None:
+        """The prefill iteration of ``prefilled`` ended: cache their prefixes (admission order), then fit the
+        cache to the KV that is free once this boundary's finished requests have released theirs."""
+        req = self.requests
+        mask = req.mask
+        prefix_col = req.prefix_id
+        prefix_tokens_col = req.prefix_tokens
+        cache = self.prefix_cache
+        for rid in prefilled:
+            slot = rid & mask
+            prefix = prefix_col[slot]
+            if prefix >= 0:
+                cache.insert(prefix, prefix_tokens_col[slot])
+        cache.fit(kv_free)
+
+
+def replay_single_instance(step: StepModel, requests: RequestTable,
+                           prefix_cache: PrefixCacheSettings | None = None) -> Instance:
+    """Run every request of a table through one always-ready instance (with a prefix cache of these settings,
+    if given); for probes, calibration replays and tests."""
+    instance = Instance(0, "single", 1, step, requests, alloc_s=0.0, ready_s=0.0, prefix_cache=prefix_cache)
     arrivals = requests.arrival_s
     now = 0.0
     for rid in range(requests.n):

@@ -81,6 +81,9 @@ def request_columns(batch: RequestBatch, ctx: RequestContext) -> dict[str, np.nd
         "status": status,
         "reject_reason": batch.reason.astype(np.int64),
         "energy_j": batch.energy_j,
+        "prefix_id": batch.prefix_id,
+        "prefix_tokens": batch.prefix_tokens,
+        "cached_tokens": batch.cached_tokens,
         "quality": quality,
         "latency_slo_met": latency_met,
         "quality_slo_met": quality_met,
@@ -224,6 +227,10 @@ class _TaskStats:
     tpot: list = field(default_factory=list)
     ttft_hist: LogHistogram | None = None
     tpot_hist: LogHistogram | None = None
+    prefix_requests: int = 0  # finished requests that carry a shared prefix
+    prefix_hits: int = 0  # ... of which the prefix cache served at least one block
+    input_tokens: int = 0  # prompt tokens of finished requests
+    cached_tokens: int = 0  # ... of which served by a prefix cache
 
 
 def _pct(values: np.ndarray, q: float) -> float:
@@ -284,6 +291,10 @@ class RequestStats:
             stats.latency_met += int(columns["latency_slo_met"][rows].sum())
             stats.slo_met += int(columns["slo_met"][rows].sum())
             stats.quality_met_finished += int(columns["quality_slo_met"][done].sum())
+            stats.prefix_requests += int(np.count_nonzero(columns["prefix_id"][done] >= 0))
+            stats.prefix_hits += int(np.count_nonzero(columns["cached_tokens"][done] > 0))
+            stats.input_tokens += int(columns["input_tokens"][done].sum())
+            stats.cached_tokens += int(columns["cached_tokens"][done].sum())
             served = np.unique(columns["config"][done])
             stats.configs.update(str(ctx.instance_label[i]) for i in served)
             ttft = columns["ttft_s"][done]
@@ -298,6 +309,21 @@ class RequestStats:
     def histograms(self, task_id: int) -> tuple[LogHistogram, LogHistogram] | None:
         stats = self._tasks[task_id]
         return (stats.ttft_hist, stats.tpot_hist) if not self.exact else None
+
+    def prefix_summary(self, task_id: int | None = None) -> dict:
+        """Prefix-cache figures of one task (or of the run): how many finished requests carried a shared
+        prefix, the share of those the cache served (hit rate), and the share of all prompt tokens it served."""
+        tasks = self._tasks if task_id is None else [self._tasks[task_id]]
+        carried = sum(t.prefix_requests for t in tasks)
+        hits = sum(t.prefix_hits for t in tasks)
+        prompt = sum(t.input_tokens for t in tasks)
+        cached = sum(t.cached_tokens for t in tasks)
+        return {
+            "prefix_requests": carried,
+            "prefix_hit_rate": hits / carried if carried else math.nan,
+            "cached_tokens": cached,
+            "cached_token_fraction": cached / prompt if prompt else math.nan,
+        }
 
     def task_summaries(self) -> list[TaskSummary]:
         out = []
@@ -339,7 +365,7 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
     by_task = {t.task: t for t in stats.task_summaries()}
     n = stats.requests
     avg_gpus = time_average(times, gpus, end_s)
-    return {
+    summary = {
         "requests": int(n),
         "finished": int(stats.finished),
         "rejected": int(stats.rejected),
@@ -361,6 +387,14 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
         "percentiles": stats.percentile_method,
         "tasks": [asdict(by_task[t.name]) if t.name in by_task else asdict(_empty_task(t.name)) for t in tasks],
     }
+    settings = getattr(result, "prefix_cache", None)
+    if settings is not None:
+        summary["prefix_cache"] = {"block_tokens": settings.block_tokens, **stats.prefix_summary(),
+                                   "evictions": sum(inst.prefix_cache.evictions for inst in result.instances)}
+        for entry in summary["tasks"]:
+            if entry["task"] in stats.task_names:
+                entry.update(stats.prefix_summary(stats.task_names.index(entry["task"])))
+    return summary
 
 
 def _empty_task(name: str) -> TaskSummary:

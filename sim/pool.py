@@ -22,6 +22,7 @@ from profiles.profile_set import ProfileSet
 from profiles.schema import ConfigKey
 from sim.deployment import PoolPlan, TaskSpec
 from sim.instance import Instance
+from sim.prefix_cache import PrefixCacheSettings
 from sim.requests import RequestTable
 from sim.router import Router
 
@@ -39,6 +40,7 @@ class Pool:
         on_gpus: Callable[[str, float, int], None],
         max_queue: int | None = None,
         horizon_s: float = math.inf,
+        prefix_cache: PrefixCacheSettings | None = None,
     ):
         self.env = env
         self.task = task
@@ -50,6 +52,7 @@ class Pool:
         self._on_gpus = on_gpus
         self.max_queue = max_queue
         self.horizon_s = horizon_s  # the run stops here: nothing at or after it happens
+        self.prefix_cache = prefix_cache  # every replica gets its own (cold) cache of these settings
         self.replicas: list[Instance] = []  # every replica not yet released: loading, serving, draining
         self.all_instances: list[Instance] = []
         self.key_of: dict[int, ConfigKey] = {}
@@ -110,6 +113,7 @@ class Pool:
             ready_s=ready_s,
             max_queue=self.max_queue,
             on_release=self._released,
+            prefix_cache=self.prefix_cache,
         )
         self.key_of[instance.instance_id] = key
         self.replicas.append(instance)

@@ -3,12 +3,17 @@
 It spends a loop turn on every iteration and keeps one record per running request, exactly as the
 engine semantics in ``sim.instance`` describe them, with no closed forms and no SimPy. It is slow on
 purpose; use it only on small cases.
+
+With ``block_tokens`` set it also models a prefix cache, written here from the semantics stated in
+``sim.prefix_cache`` (a plain dict with explicit use stamps, not that module's class): per-request hits in
+whole blocks capped at ``input - 1``, uncached tokens only in the iteration's cost and budget,
+insertion when a prefill iteration ends, LRU eviction to the KV not reserved by running requests.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,13 +28,58 @@ class ReferenceResult:
     finish_s: np.ndarray
     busy_s: float
     busy_j: float
+    cached_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    evictions: int = 0
+
+
+class _ReferenceCache:
+    """Prefix id -> [cached tokens, last use]; the least recently used entry has the smallest stamp."""
+
+    def __init__(self, block_tokens: int):
+        self.block = block_tokens
+        self.entries: dict[int, list[int]] = {}
+        self.clock = 0
+        self.evictions = 0
+
+    def _stamp(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def hit(self, prefix: int, prefix_tokens: int, input_tokens: int) -> int:
+        if prefix < 0 or prefix not in self.entries:
+            return 0
+        usable = min(self.entries[prefix][0], prefix_tokens, input_tokens - 1)
+        return max(usable // self.block * self.block, 0)
+
+    def use(self, prefix: int) -> None:
+        self.entries[prefix][1] = self._stamp()
+
+    def insert(self, prefix: int, prefix_tokens: int) -> None:
+        whole = prefix_tokens // self.block * self.block
+        if prefix < 0 or whole == 0:
+            return
+        old = self.entries.get(prefix, [0, 0])[0]
+        self.entries[prefix] = [max(old, whole), self._stamp()]
+
+    def shrink_to(self, free_tokens: int) -> None:
+        while sum(tokens for tokens, _ in self.entries.values()) > free_tokens:
+            oldest = min(self.entries, key=lambda p: self.entries[p][1])
+            del self.entries[oldest]
+            self.evictions += 1
 
 
 def replay_instance(
-    step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray
+    step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
+    prefix_id: np.ndarray | None = None, prefix_tokens: np.ndarray | None = None, block_tokens: int | None = None,
 ) -> ReferenceResult:
-    """Replay requests (all admissible on an empty instance) through one instance, iteration by iteration."""
+    """Replay requests (all admissible on an empty instance) through one instance, iteration by iteration;
+    with ``block_tokens`` (and the prefix columns) through a prefix cache of that block size."""
     n = len(arrival_s)
+    cache = _ReferenceCache(block_tokens) if block_tokens is not None else None
+    if prefix_id is None:
+        prefix_id = np.full(n, -1, dtype=np.int64)
+        prefix_tokens = np.zeros(n, dtype=np.int64)
+    cached = np.zeros(n, dtype=np.int64)
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     waiting: deque[int] = deque()
@@ -60,18 +110,25 @@ def replay_instance(
         while waiting and len(running) + len(new) < step.max_batch:
             rid = waiting[0]
             need = int(input_tokens[rid] + output_tokens[rid])
-            if reserved + need > step.kv_capacity_tokens or input_tokens[rid] > budget or arrival_s[rid] > cutoff:
+            hit = cache.hit(int(prefix_id[rid]), int(prefix_tokens[rid]), int(input_tokens[rid])) if cache is not None else 0
+            if (reserved + need > step.kv_capacity_tokens or input_tokens[rid] - hit > budget
+                    or arrival_s[rid] > cutoff):
                 break
             waiting.popleft()
             new.append(rid)
             reserved += need
-            budget -= int(input_tokens[rid])
+            budget -= int(input_tokens[rid]) - hit
+            cached[rid] = hit
+            if cache is not None:
+                if hit:
+                    cache.use(int(prefix_id[rid]))
+                cache.shrink_to(step.kv_capacity_tokens - reserved)
         if not new and not running:
             continue  # head waits for nothing: cannot happen for admissible requests
         batch = len(running)
         kv = sum(int(input_tokens[rid]) + generated for rid, generated in running)
-        prefill = sum(int(input_tokens[rid]) for rid in new)
-        prefill_sq = sum(int(input_tokens[rid]) ** 2 for rid in new)
+        prefill = sum(int(input_tokens[rid]) - int(cached[rid]) for rid in new)
+        prefill_sq = sum(int(input_tokens[rid]) ** 2 - int(cached[rid]) ** 2 for rid in new)
         n_tok = batch + prefill
         last_n_seq = batch + len(new)
         duration = step.iteration_s(batch + len(new), n_tok, kv, prefill, prefill_sq)
@@ -95,4 +152,8 @@ def replay_instance(
             else:
                 still.append([rid, 1])
         running = still
-    return ReferenceResult(first, finish, busy_s, busy_j)
+        if cache is not None and new:
+            for rid in new:
+                cache.insert(int(prefix_id[rid]), int(prefix_tokens[rid]))
+            cache.shrink_to(step.kv_capacity_tokens - reserved)
+    return ReferenceResult(first, finish, busy_s, busy_j, cached, cache.evictions if cache is not None else 0)

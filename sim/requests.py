@@ -14,6 +14,9 @@ Two tables share one layout, so the engine (``sim.instance``) runs unchanged on 
 
 The engine reads and writes ``column[rid & table.mask]``; ``RequestTable.mask`` is ``-1`` (all bits
 set), so the in-memory path indexes by request id directly.
+
+Shared prefixes: ``prefix_id`` / ``prefix_tokens`` are inputs (-1 / 0 for a trace without them) and
+``cached_tokens`` an outcome: the prompt tokens an instance's prefix cache served (``sim.prefix_cache``).
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ _OUTCOME_DEFAULTS = (
     ("status", PENDING),
     ("reason", 0),
     ("energy_j", 0.0),
+    ("cached_tokens", 0),
 )
-_INPUT_COLUMNS = ("arrival_s", "input_tokens", "output_tokens", "task")
+_INPUT_COLUMNS = ("arrival_s", "input_tokens", "output_tokens", "task", "prefix_id", "prefix_tokens")
 _COLUMN_DTYPES = {
     "arrival_s": np.float64, "input_tokens": np.int64, "output_tokens": np.int64, "task": np.int64,
     "first_token_s": np.float64, "finish_s": np.float64, "instance": np.int64, "status": np.int8,
-    "reason": np.int8, "energy_j": np.float64,
+    "reason": np.int8, "energy_j": np.float64, "prefix_id": np.int64, "prefix_tokens": np.int64,
+    "cached_tokens": np.int64,
 }
 
 
@@ -67,12 +72,15 @@ class RequestTable:
         "output_tokens",
         "task",
         "task_names",
+        "prefix_id",
+        "prefix_tokens",
         "first_token_s",
         "finish_s",
         "instance",
         "status",
         "reason",
         "energy_j",
+        "cached_tokens",
     )
 
     def __init__(self, trace: Trace):
@@ -83,12 +91,19 @@ class RequestTable:
         self.output_tokens: list[int] = trace.output_tokens.astype(np.int64).tolist()
         self.task: list[int] = trace.task.astype(np.int64).tolist()
         self.task_names = trace.task_names
+        if trace.has_prefixes:
+            self.prefix_id: list[int] = trace.prefix_id.astype(np.int64).tolist()
+            self.prefix_tokens: list[int] = trace.prefix_tokens.astype(np.int64).tolist()
+        else:
+            self.prefix_id = [-1] * self.n
+            self.prefix_tokens = [0] * self.n
         self.first_token_s: list[float] = [math.nan] * self.n
         self.finish_s: list[float] = [math.nan] * self.n
         self.instance: list[int] = [-1] * self.n
         self.status: list[int] = [PENDING] * self.n
         self.reason: list[int] = [0] * self.n
         self.energy_j: list[float] = [0.0] * self.n
+        self.cached_tokens: list[int] = [0] * self.n  # prompt tokens served from a prefix cache
 
     def reject(self, rid: int, reason: str, now_s: float) -> None:
         self.status[rid] = REJECTED
@@ -109,12 +124,15 @@ class RequestBatch:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     task: np.ndarray
+    prefix_id: np.ndarray
+    prefix_tokens: np.ndarray
     first_token_s: np.ndarray
     finish_s: np.ndarray
     instance: np.ndarray
     status: np.ndarray
     reason: np.ndarray
     energy_j: np.ndarray
+    cached_tokens: np.ndarray
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -143,12 +161,15 @@ class RequestRing:
         "input_tokens",
         "output_tokens",
         "task",
+        "prefix_id",
+        "prefix_tokens",
         "first_token_s",
         "finish_s",
         "instance",
         "status",
         "reason",
         "energy_j",
+        "cached_tokens",
         "finished",
         "rejected",
     )
@@ -173,14 +194,20 @@ class RequestRing:
         return self.loaded - self.emitted
 
     def load(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
-             task: np.ndarray) -> tuple[int, list[float], list[int]]:
+             task: np.ndarray, prefix_id: np.ndarray | None = None,
+             prefix_tokens: np.ndarray | None = None) -> tuple[int, list[float], list[int]]:
         """Append a block of requests (ids continue from ``loaded``); returns the first new id and the
-        block's arrival times and tasks as lists (what the arrival loop reads)."""
+        block's arrival times and tasks as lists (what the arrival loop reads). Without prefix columns the
+        block's requests carry none."""
         first = self.loaded
         n = len(arrival_s)
         while self.loaded + n - self.emitted > self.capacity:
             self._grow()
-        columns = (arrival_s.tolist(), input_tokens.tolist(), output_tokens.tolist(), task.tolist())
+        if prefix_id is None:
+            prefix = ([-1] * n, [0] * n)
+        else:
+            prefix = (prefix_id.tolist(), prefix_tokens.tolist())
+        columns = (arrival_s.tolist(), input_tokens.tolist(), output_tokens.tolist(), task.tolist()) + prefix
         for name, values in zip(_INPUT_COLUMNS, columns):
             self._write(getattr(self, name), first, values)
         self.loaded += n

@@ -134,7 +134,9 @@ def simulate_stream(
             for lo in range(0, len(chunk), block):
                 hi = min(lo + block, len(chunk))
                 first, arrival, task = ring.load(chunk.arrival_s[lo:hi], chunk.input_tokens[lo:hi],
-                                                 chunk.output_tokens[lo:hi], chunk.task[lo:hi])
+                                                 chunk.output_tokens[lo:hi], chunk.task[lo:hi],
+                                                 *(c[lo:hi] for c in (chunk.prefix_id, chunk.prefix_tokens)
+                                                   if c is not None))
                 run.feed(first, arrival, task)
                 peak_in_flight = max(peak_in_flight, ring.in_flight)
                 batch = ring.emit(ring.done_prefix())

@@ -33,17 +33,23 @@ def _replay_per_replica(result, frame):
     served = frame[frame.instance >= 0]
     first = np.full(len(frame), np.nan)
     finish = np.full(len(frame), np.nan)
+    cached = np.zeros(len(frame), dtype=np.int64)
     busy_j = {}
+    evictions = {}
+    block = result.prefix_cache.block_tokens if result.prefix_cache is not None else None
     for inst in result.instances:
         rows = served[served.instance == inst.instance_id]
         if rows.empty:
             continue
         ref = replay_instance(inst.step, rows.arrival_s.to_numpy(), rows.input_tokens.to_numpy(),
-                              rows.output_tokens.to_numpy())
+                              rows.output_tokens.to_numpy(), rows.prefix_id.to_numpy(), rows.prefix_tokens.to_numpy(),
+                              block)
         first[rows.request_id.to_numpy()] = ref.first_token_s
         finish[rows.request_id.to_numpy()] = ref.finish_s
+        cached[rows.request_id.to_numpy()] = ref.cached_tokens
         busy_j[inst.instance_id] = ref.busy_j
-    return first, finish, busy_j
+        evictions[inst.instance_id] = ref.evictions
+    return first, finish, busy_j, cached, evictions
 
 
 CASES = {
@@ -64,12 +70,15 @@ def _assert_matches_reference(result) -> None:
     reference replay of its replica's requests."""
     frame = requests_frame(result)
     assert (frame.status == "finished").all()
-    first, finish, busy_j = _replay_per_replica(result, frame)
+    first, finish, busy_j, cached, evictions = _replay_per_replica(result, frame)
     assert np.max(np.abs(frame.first_token_s.to_numpy() - first)) < 1e-9
     assert np.max(np.abs(frame.finish_s.to_numpy() - finish)) < 1e-9
+    assert np.array_equal(frame.cached_tokens.to_numpy(), cached)
     for inst in result.instances:
         if inst.instance_id in busy_j:
             assert inst.busy_j == pytest.approx(busy_j[inst.instance_id], rel=1e-9)
+            if inst.prefix_cache is not None:
+                assert inst.prefix_cache.evictions == evictions[inst.instance_id]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -157,3 +166,20 @@ def test_engine_modes_match_per_iteration_reference_in_a_cluster(engine_mode_pro
     trace = small_trace(seed=5, rate=spec["rate"], duration=600.0, arrival=spec["arrival"])
     result = simulate(trace, TASKS, spec["policy"], engine_mode_profiles, spec["settings"])
     _assert_matches_reference(result)
+
+
+def test_prefix_cache_matches_per_iteration_reference_in_a_cluster(engine_mode_profiles):
+    """Shared prefixes on every task, a prefix cache on every replica (cold on each new one), re-planning, the
+    padded/lead engine modes; at this load running requests squeeze the cache, so entries are evicted."""
+    from sim.prefix_cache import PrefixCacheSettings
+    from traces.shared_prefix import SharedPrefixSpec, add_shared_prefixes
+
+    spec = CASES["replanning-least-outstanding"]
+    trace = add_shared_prefixes(small_trace(seed=4, rate=spec["rate"], duration=600.0, arrival=spec["arrival"]),
+                                SharedPrefixSpec(0.6, 6, 300, zipf_s=0.8), seed=3)
+    settings = ClusterSettings(replan_interval_s=60.0, engine_start_s=30.0, prefix_cache=PrefixCacheSettings(32))
+    result = simulate(trace, TASKS, spec["policy"], engine_mode_profiles, settings)
+    _assert_matches_reference(result)
+    assert sum(result.reconfigurations.values()) > 0
+    assert sum(result.requests.cached_tokens) > 0
+    assert sum(inst.prefix_cache.evictions for inst in result.instances) > 0

@@ -8,6 +8,7 @@ from traces.case_study import (
     build_case_study_trace,
     build_workload_trace,
 )
+from traces.shared_prefix import SharedPrefixSpec, SharedPrefixStream, add_shared_prefixes
 from traces.lengths import AlignedLengths, EmpiricalLengths, FixedLengths, LengthSampler
 from traces.synthetic import diurnal_rate, gamma_arrivals, poisson_arrivals, time_varying_arrivals
 from traces.trace import Trace, TraceError
@@ -21,10 +22,13 @@ __all__ = [
     "EmpiricalLengths",
     "FixedLengths",
     "LengthSampler",
+    "SharedPrefixSpec",
+    "SharedPrefixStream",
     "TASK_WORKLOAD",
     "Trace",
     "TraceError",
     "UnknownWorkloadError",
+    "add_shared_prefixes",
     "build_case_study_trace",
     "build_workload_trace",
     "describe_workload",

@@ -1,7 +1,10 @@
 """Loader for the Azure LLM inference trace CSV format, and the two shipped 2023 traces.
 
 Format: header ``TIMESTAMP,ContextTokens,GeneratedTokens``; ``TIMESTAMP`` like
-``2023-11-16 18:17:03.9799600`` (seven fractional digits), rows sorted ascending.
+``2023-11-16 18:17:03.9799600`` (seven fractional digits), rows sorted ascending. Two optional
+columns, together or not at all, describe shared prompt prefixes (``traces.trace``): ``PrefixId``
+(integer, -1 = no shared prefix) and ``PrefixTokens`` (integer, 0 <= PrefixTokens <= ContextTokens,
+0 when PrefixId is -1). The published Azure traces carry neither.
 Parsing is vectorised (pandas, explicit timestamp format) so the shipped files load in tens of
 milliseconds; only when a check fails is the first offending row looked up, so that the
 ``TraceError`` can name the file, the line (1-based, header = line 1) and the column.
@@ -22,6 +25,9 @@ TIMESTAMP_COLUMN = "TIMESTAMP"
 INPUT_COLUMN = "ContextTokens"
 OUTPUT_COLUMN = "GeneratedTokens"
 COLUMNS = (TIMESTAMP_COLUMN, INPUT_COLUMN, OUTPUT_COLUMN)
+PREFIX_ID_COLUMN = "PrefixId"
+PREFIX_TOKENS_COLUMN = "PrefixTokens"
+PREFIX_COLUMNS = (PREFIX_ID_COLUMN, PREFIX_TOKENS_COLUMN)
 
 # The published files always carry a fraction; a whole-second stamp is accepted as a fallback.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -67,7 +73,47 @@ def load_azure_trace(path: str | Path, task_name: str = "default") -> Trace:
         task=np.zeros(len(arrival_s), dtype=np.int64),
         task_names=(task_name,),
         source=str(path),
+        **_prefix_columns(frame, line, input_tokens, path),
     )
+
+
+def _prefix_columns(frame: pd.DataFrame, line: np.ndarray, input_tokens: np.ndarray, path: Path) -> dict:
+    """The optional ``PrefixId`` / ``PrefixTokens`` columns as ``Trace`` keyword arguments (empty without)."""
+    present = [c for c in PREFIX_COLUMNS if c in frame.columns]
+    if not present:
+        return {}
+    if len(present) == 1:
+        other = PREFIX_TOKENS_COLUMN if present[0] == PREFIX_ID_COLUMN else PREFIX_ID_COLUMN
+        raise TraceError(f"{path}: row {_HEADER_LINE} (header): column {present[0]!r} needs column {other!r} too")
+    prefix_id = _integer_column(frame, line, PREFIX_ID_COLUMN, path, "prefix id")
+    prefix_tokens = _integer_column(frame, line, PREFIX_TOKENS_COLUMN, path, "prefix token count")
+    checks = (
+        (prefix_id < -1, PREFIX_ID_COLUMN, lambda i: f"prefix id {prefix_id[i]} is below -1 (-1: no shared prefix)"),
+        (prefix_tokens < 0, PREFIX_TOKENS_COLUMN, lambda i: f"negative prefix token count {prefix_tokens[i]}"),
+        (prefix_tokens > input_tokens, PREFIX_TOKENS_COLUMN,
+         lambda i: f"{prefix_tokens[i]} prefix tokens exceed the {input_tokens[i]} {INPUT_COLUMN}"),
+        ((prefix_id == -1) & (prefix_tokens != 0), PREFIX_TOKENS_COLUMN,
+         lambda i: f"{prefix_tokens[i]} prefix tokens on a request without a prefix ({PREFIX_ID_COLUMN} -1); "
+                   "must be 0"),
+    )
+    for bad, column, why in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise TraceError(f"{path}: row {line[i]} column {column!r}: {why(i)}")
+    return {"prefix_id": prefix_id, "prefix_tokens": prefix_tokens}
+
+
+def _integer_column(frame: pd.DataFrame, line: np.ndarray, column: str, path: Path, what: str) -> np.ndarray:
+    """Whole numbers; the first row that is not one is named."""
+    values = frame[column]
+    if not pd.api.types.is_integer_dtype(values.dtype):
+        numeric = pd.to_numeric(values, errors="coerce")
+        is_int = numeric.notna() & np.isfinite(numeric) & (numeric == np.round(numeric))
+        if not is_int.all():
+            i = int(np.argmax(~is_int.to_numpy()))
+            raise TraceError(f"{path}: row {line[i]} column {column!r}: {_show(values.iloc[i])} is not an integer {what}")
+        values = numeric
+    return values.to_numpy(dtype=np.int64)
 
 
 def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray]:

@@ -104,7 +104,7 @@ class ChunkedTrace:
 
 def _rows(trace: Trace, lo: int, hi: int) -> Trace:
     return Trace(trace.arrival_s[lo:hi], trace.input_tokens[lo:hi], trace.output_tokens[lo:hi], trace.task[lo:hi],
-                 trace.task_names, trace.source)
+                 trace.task_names, trace.source, **trace.prefix_columns(lambda column: column[lo:hi]))
 
 
 # --- the week-long Azure trace ---------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Reshape a trace's time axis: stretch or compress it, set its rate, repeat it, cut a window.
 
-Lengths and tasks are carried along unchanged; each result's ``source`` records the operation.
+Lengths, tasks and shared prefixes are carried along unchanged; each result's ``source`` records the operation.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def tile(trace: Trace, duration_s: float) -> Trace:
         task=np.tile(trace.task, copies)[keep],
         task_names=trace.task_names,
         source=f"{trace.source} | tile({duration_s:g} s)",
+        **trace.prefix_columns(lambda column: np.tile(column, copies)[keep]),
     )
 
 
@@ -75,4 +76,5 @@ def _with_arrivals(trace: Trace, arrival_s: np.ndarray, operation: str) -> Trace
         task=trace.task,
         task_names=trace.task_names,
         source=f"{trace.source} | {operation}",
+        **trace.prefix_columns(lambda column: column),
     )
