@@ -110,6 +110,7 @@ class Pool:
             ready_s=ready_s,
             max_queue=self.max_queue,
             on_release=self._released,
+            fit_domain=self.profiles.fit_domain(key),
         )
         self.key_of[instance.instance_id] = key
         self.replicas.append(instance)
