@@ -167,3 +167,15 @@ def test_bad_fit_domain_value_names_file_row_and_field(copy, field, value, why):
     frame.to_csv(copy / "step_models.csv", index=False)
     with pytest.raises(ProfileError, match=rf"step_models.csv: row 5, field '{field}'.*{why}"):
         ProfileSet.load(copy)
+
+
+def test_fit_domain_columns_are_what_build_default_writes(copy):
+    from profiles.build_default import roofline_configs, write_fit_domain
+
+    shipped_csv = (default_profile_path() / "step_models.csv").read_bytes()
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame.drop(columns=["fit_max_batch"]).to_csv(copy / "step_models.csv", index=False, float_format="%.10g")
+    write_fit_domain(copy)  # adds the missing column back, exactly as shipped
+    assert (copy / "step_models.csv").read_bytes() == shipped_csv
+    key, step, provenance, source, domain = next(iter(roofline_configs()))
+    assert not domain.known  # analytic rows have no fit domain
