@@ -4,7 +4,9 @@ Per entry: the step model fitted to its fit runs (``calibrate.fit``), the sweep 
 searched saturation points, and quality rows (imported or measured with lm-eval; optionally filled from
 another profile set with their own provenance kept). Every measured row carries ``measured`` provenance
 with the engine and its version, the GPU (NVML's name, or the absence of one), the dates and the
-command. The manifest holds the fit report: observation errors, the held-out validation (sweep bursts
+command. Each step-model row carries its fit domain (``profiles.fit_domain``: the longest prefill prompt,
+the longest context and the largest decode concurrency of the fit runs it was fitted on), so the simulator
+can say when a run goes beyond it. The manifest holds the fit report: observation errors, the held-out validation (sweep bursts
 replayed through the simulator) and the notes on fixed parameters.
 """
 
@@ -15,16 +17,17 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from calibrate.arrivals import BurstPlan
 from calibrate.db import ResultsDB
-from calibrate.fit import FitRun, StepFit, fit_step_model
+from calibrate.fit import FitRun, StepFit, fit_step_model, observations
 from calibrate.plan import Plan, PlanEntry, shown_path
 from calibrate.validate import compare
+from profiles.fit_domain import UNKNOWN_DOMAIN, FitDomain
 from profiles.profile_set import ProfileSet, default_profile_path, write_profile_set
 from profiles.schema import CURVE_COLUMNS, CURVE_METRICS, QUALITY_COLUMNS, SATURATION_COLUMNS, STEP_MODEL_COLUMNS, \
     STEP_MODEL_OPTIONAL_COLUMNS, \
@@ -47,6 +50,21 @@ class EntryFit:
     in_sample_mape_pct: dict  # fit runs replayed
     fit_runs: int
     sweep_points: int
+    domain: FitDomain = UNKNOWN_DOMAIN  # prompts, contexts and batches of the fit runs
+
+
+def fit_domain(runs: Sequence[FitRun]) -> FitDomain:
+    """What the step model saw: of the fit runs that gave observations, the longest prefill prompt, the longest
+    context (prompt + output tokens: decode runs, and prefill runs, whose later tokens are decode observations
+    at batch 1) and the largest decode concurrency (a prefill run has one client)."""
+    used = {o.run for o in observations(runs)}
+    seen = [r for r in runs if r.label in used]
+    if not seen:
+        return UNKNOWN_DOMAIN
+    prompts = [r.input_tokens for r in seen if r.kind == "prefill"]
+    return FitDomain(max_prompt_tokens=max(prompts) if prompts else None,
+                     max_context_tokens=max(r.input_tokens + r.output_tokens for r in seen),
+                     max_batch=max(r.concurrency if r.kind == "decode" else 1 for r in seen))
 
 
 def _date(ts: float | None) -> str:
@@ -87,7 +105,7 @@ def fit_entry(db: ResultsDB, entry: PlanEntry, plan: Plan | None = None) -> Entr
              for p in db.points(entry=entry.name, phase="sweep", status="done")]
     _, held_out = compare(sfit.step, sweep, sfit.request_overhead_s)
     _, in_sample = compare(sfit.step, [(r.label, 0.0, r.records) for r in runs], sfit.request_overhead_s)
-    return EntryFit(entry.name, sfit, held_out, in_sample, len(runs), len(sweep))
+    return EntryFit(entry.name, sfit, held_out, in_sample, len(runs), len(sweep), fit_domain(runs))
 
 
 def _provenance(plan: Plan, db: ResultsDB, entry: PlanEntry, command: str) -> str:
@@ -160,7 +178,11 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
                     + "; held-out sweep replay MAPE "
                     + ", ".join(f"{m} {v:.1f} %" for m, v in sorted(ef.validation_mape_pct.items()))
                     + "); " + "; ".join(fit.notes))
-        step_rows.append({**base, **fit.step.as_dict(), "provenance": "measured", "source": f"{prov}; {fit_text}"})
+        d = ef.domain
+        fit_text += (f"; fit domain (fit_max_* columns): prompts up to {d.max_prompt_tokens} tokens, contexts up to "
+                     f"{d.max_context_tokens} tokens, batches up to {d.max_batch} sequences (the fit runs)")
+        step_rows.append({**base, **fit.step.as_dict(), **d.as_columns(), "provenance": "measured",
+                          "source": f"{prov}; {fit_text}"})
         energy_note = "energy from NVML" if db.info(entry.name).get("energy", {}).get("gpus") else \
             "no energy measured (empty energy columns)"
         for p in points:
@@ -214,7 +236,8 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
                            "in_sample_replay_mape_pct": ef.in_sample_mape_pct,
                            "request_overhead_s": ef.fit.request_overhead_s, "kink_tokens": ef.fit.kink_tokens,
                            "power_mape_pct": ef.fit.power_mape_pct, "notes": list(ef.fit.notes),
-                           "fit_runs": ef.fit_runs, "sweep_points": ef.sweep_points} for ef in fits},
+                           "fit_runs": ef.fit_runs, "sweep_points": ef.sweep_points,
+                           "fit_domain": ef.domain.as_dict()} for ef in fits},
         "quality_notes": quality_notes,
         "workloads": sorted(workloads),
     }

@@ -1,17 +1,25 @@
 """Build the shipped default profile set: step models, quality, and curves from the saturation search.
 
     python -m profiles.build_default [--out profiles/default] [--workers 2]
+    python -m profiles.build_default --fit-domain-only    # (re)write only the fit-domain columns, in seconds
 
 Step models come from a step-model source (TensorRT-LLM kernel tables by default, or ``--source
 roofline`` for the analytic model); curves are produced by
 running ``calibrate.search`` (the same saturation search and sweep that profile real engines) on the
 simulated instance, for every workload and every SLO the case-study configuration uses.
+
+Each kernel-composed row carries its fit domain (``profiles.fit_domain``): the longest prompt, decode
+context and batch of the composed iterations its step model was fitted to
+(``profiles.kernel_step_model.composition_domain``, a function of the grid and the row's KV capacity only),
+so ``--fit-domain-only`` can add or refresh those columns without the slow rebuild and writes exactly what a
+full build writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,10 +35,11 @@ from tqdm import tqdm
 from calibrate.search import SearchSettings, find_saturation, sweep, sweep_points
 from calibrate.sim_probe import SimulatedProbe
 from profiles.catalog import GPUS, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
-from profiles.kernel_step_model import IterationComposer, kernel_step_model
+from profiles.fit_domain import FIT_DOMAIN_COLUMNS, UNKNOWN_DOMAIN, FitDomain
+from profiles.kernel_step_model import IterationComposer, composition_domain, kernel_step_model
 from profiles.kernel_tables import SYSTEMS, KernelTables
 from profiles.power_model import derive_power_model, fit_power_model
-from profiles.profile_set import LatencySlo, default_profile_path, write_profile_set
+from profiles.profile_set import LatencySlo, ProfileSet, default_profile_path, write_profile_set
 from profiles.quality import default_quality_table
 from profiles.roofline import ROOFLINE_SOURCE, roofline_step_model
 from profiles.schema import CURVE_METRICS, ConfigKey
@@ -41,6 +50,15 @@ PROBE_SEED = 0
 PROBE_REQUESTS = 3000
 # A loose SLO whose saturation bounds the sweep when a config cannot meet any task SLO.
 CAPACITY_SLO = LatencySlo(ttft_s=10.0, tpot_s=0.5)
+KERNEL_FIT_DOMAIN_SOURCE = (
+    "derived: profiles.kernel_step_model.composition_domain: per row, the longest prompt (PROMPT_LENGTHS, up to "
+    "4,096 tokens), the longest per-sequence decode KV length (DECODE_KV_LENGTHS, up to 2,048 tokens, where batch x "
+    "length fits the row's KV capacity) and the most sequences in one iteration (DECODE_BATCHES up to 256 within "
+    "the KV capacity, and the mixed iterations) of the composed iterations its step model was fitted to")
+ROOFLINE_FIT_DOMAIN_SOURCE = "unknown: analytic roofline step models are not fitted to iterations (empty columns)"
+
+# (config, step model, provenance, source, fit domain) of one step-model row
+ConfigRow = tuple[ConfigKey, StepModel, str, str, FitDomain]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +82,17 @@ def case_study_slos() -> dict[str, tuple[LatencySlo, ...]]:
     return {w: tuple(s) for w, s in out.items()}
 
 
-def roofline_configs(gpus: Iterable[str] = ("a100-40gb", "h100-80gb")) -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
+def roofline_configs(gpus: Iterable[str] = ("a100-40gb", "h100-80gb")) -> Iterable[ConfigRow]:
     for gpu in (GPUS[g] for g in gpus):
         for model in MODELS.values():
             for quant in QUANTS.values():
                 for tp in TENSOR_PARALLEL_DEGREES:
                     if unsupported_reason(gpu, model, quant, tp) is None:
                         yield (ConfigKey(gpu.name, model.name, quant.name, tp),
-                               roofline_step_model(gpu, model, quant, tp), "derived", ROOFLINE_SOURCE)
+                               roofline_step_model(gpu, model, quant, tp), "derived", ROOFLINE_SOURCE, UNKNOWN_DOMAIN)
 
 
-def kernel_configs() -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
+def kernel_configs() -> Iterable[ConfigRow]:
     """Step models composed from TensorRT-LLM kernel tables, power from the NVML fit (default set)."""
     tables = {system: KernelTables.load(system, extrapolate=True) for system in SYSTEMS}
     h100_power = fit_power_model()
@@ -91,7 +109,8 @@ def kernel_configs() -> Iterable[tuple[ConfigKey, StepModel, str, str]]:
                     source = result.source
                     if result.clamped_lookups:
                         source += f"; {result.clamped_lookups} kernel look-ups answered by flagged extrapolation"
-                    yield (ConfigKey(gpu.name, model.name, quant.name, tp), result.step, result.provenance, source)
+                    yield (ConfigKey(gpu.name, model.name, quant.name, tp), result.step, result.provenance, source,
+                           result.domain)
 
 
 def _lengths(workload: str) -> tuple[np.ndarray, np.ndarray]:
@@ -140,18 +159,19 @@ def profile_target(target: ProfilingTarget) -> tuple[list[dict], list[dict]]:
 
 def build(
     out: Path,
-    configs: Iterable[tuple[ConfigKey, StepModel, str, str]],
+    configs: Iterable[ConfigRow],
     workers: int,
     name: str,
     description: str,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
+    fit_domain_source: str = KERNEL_FIT_DOMAIN_SOURCE,
 ) -> Path:
     slos = case_study_slos()
     workloads = tuple((w, s) for w, s in sorted(slos.items()))
     step_rows, targets = [], []
-    for key, step, provenance, source in configs:
+    for key, step, provenance, source, domain in configs:
         step_rows.append({"gpu": key.gpu, "model": key.model, "quant": key.quant, "tp": key.tp,
-                          **step.as_dict(), "provenance": provenance, "source": source})
+                          **step.as_dict(), **domain.as_columns(), "provenance": provenance, "source": source})
         targets.append(ProfilingTarget(key, step, workloads))
     curves: list[dict] = []
     saturations: list[dict] = []
@@ -176,6 +196,7 @@ def build(
         "created": dt.date.today().isoformat(),
         "command": "python -m profiles.build_default",
         "configs": len(step_rows),
+        "fit_domain": fit_domain_source,
         "workloads": {w: [[s.ttft_s, s.tpot_s] for s in sl] for w, sl in workloads},
     }
     tables = {
@@ -188,12 +209,39 @@ def build(
     return write_profile_set(out, manifest, tables)
 
 
+def write_fit_domain(path: Path) -> Path:
+    """Add (or refresh) the fit-domain columns of a kernel-composed set's ``step_models.csv`` in place, from
+    each row's KV capacity, exactly as ``build`` writes them; every other cell is left as it was."""
+    csv = path / "step_models.csv"
+    frame = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+    domains = [composition_domain(int(c)) for c in frame["kv_capacity_tokens"]]
+    for column in FIT_DOMAIN_COLUMNS:
+        frame[column] = [d.as_columns()[column] for d in domains]
+    # last, where write_profile_set puts optional columns
+    frame = frame[[c for c in frame.columns if c not in FIT_DOMAIN_COLUMNS] + list(FIT_DOMAIN_COLUMNS)]
+    tmp = csv.with_name(f".{csv.name}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.10g")
+    os.replace(tmp, csv)
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["fit_domain"] = KERNEL_FIT_DOMAIN_SOURCE
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    ProfileSet.load(path)  # still a valid set
+    return csv
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_profile_path())
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--source", choices=("kernels", "roofline"), default="kernels")
+    parser.add_argument("--fit-domain-only", action="store_true",
+                        help="only add/refresh the fit-domain columns of the kernel-composed set at --out")
     args = parser.parse_args(argv)
+    if args.fit_domain_only:
+        print(f"wrote {write_fit_domain(args.out)}")
+        return
+    fit_domain_source = KERNEL_FIT_DOMAIN_SOURCE
     if args.source == "kernels":
         configs = list(kernel_configs())
         description = (
@@ -205,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             "literature and labelled assumptions.")
     else:
         configs = list(roofline_configs())
+        fit_domain_source = ROOFLINE_FIT_DOMAIN_SOURCE
         description = (
             "Roofline-derived step models (profiles/roofline.py) for A100-40GB and H100-80GB, Llama-2 7B/13B/70B "
             "and CodeLlama-34B, FP16 and 11 quantization methods, TP 1/2/4/8; curves from the saturation search "
@@ -212,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     path = build(
         args.out, configs, args.workers, "default", description,
         progress=lambda it: tqdm(it, total=len(configs), desc="profiling configs", unit="config"),
+        fit_domain_source=fit_domain_source,
     )
     print(f"wrote {path}")
 

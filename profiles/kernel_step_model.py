@@ -38,6 +38,7 @@ from profiles.catalog import (
     unsupported_reason,
     weight_bytes,
 )
+from profiles.fit_domain import FitDomain
 from profiles.kernel_tables import KernelTables
 from profiles.power_model import PowerModel
 from profiles.roofline import BASE_OVERHEAD_S, MAX_BATCH, MAX_NUM_TOKENS, PER_SEQ_S
@@ -220,6 +221,7 @@ class IterationComposer:
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DECODE_KV_LENGTHS = (128, 512, 1024, 2048)
 PROMPT_LENGTHS = (16, 64, 128, 256, 512, 1024, 2048, 4096)
+MIXED_ITERATIONS = ((16, 512, 512), (64, 512, 256), (32, 1024, 1024), (128, 512, 128))  # (batch, KV length, prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,19 +236,58 @@ class Observation:
     time_s: float
 
 
-def observations(comp: IterationComposer, kv_capacity: int) -> list[Observation]:
-    obs = []
+@dataclass(frozen=True, slots=True)
+class GridIteration:
+    """One iteration shape of the fit grid: ``decode_batch`` sequences decoding at KV length ``kv_len`` plus
+    prompts given as (count, length)."""
+
+    decode_batch: int
+    kv_len: int
+    prompts: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def n_seq(self) -> int:
+        return self.decode_batch + sum(c for c, _ in self.prompts)
+
+
+def composition_grid(kv_capacity: int) -> list[GridIteration]:
+    """The iterations a step model is fitted to: decode batches x KV lengths that fit the KV cache, one and
+    four prompts of each length (four only within the token budget), and four mixed iterations."""
+    grid = []
     for b in DECODE_BATCHES:
         for s in DECODE_KV_LENGTHS:
             if b * s <= kv_capacity:
-                obs.append(Observation(b, b, b * s, 0, 0.0, comp.iteration_s(b, s)))
+                grid.append(GridIteration(b, s))
     for L in PROMPT_LENGTHS:
-        obs.append(Observation(1, L, 0, L, L * L, comp.iteration_s(0, 0, ((1, L),))))
+        grid.append(GridIteration(0, 0, ((1, L),)))
         if 4 * L <= MAX_NUM_TOKENS:
-            obs.append(Observation(4, 4 * L, 0, 4 * L, 4 * L * L, comp.iteration_s(0, 0, ((4, L),))))
-    for b, s, L in ((16, 512, 512), (64, 512, 256), (32, 1024, 1024), (128, 512, 128)):
+            grid.append(GridIteration(0, 0, ((4, L),)))
+    for b, s, L in MIXED_ITERATIONS:
         if b * s + L <= kv_capacity:
-            obs.append(Observation(b + 1, b + L, b * s, L, L * L, comp.iteration_s(b, s, ((1, L),))))
+            grid.append(GridIteration(b, s, ((1, L),)))
+    return grid
+
+
+def composition_domain(kv_capacity: int) -> FitDomain:
+    """The fit domain of a step model fitted to ``composition_grid(kv_capacity)``: its longest prompt, its
+    longest decode KV length per sequence (a request decodes at up to prompt + output tokens of context;
+    prefill iterations decode nothing), and its largest number of sequences in one iteration. It depends on
+    the config only through its KV capacity."""
+    grid = composition_grid(kv_capacity)
+    prompts = [L for g in grid for _, L in g.prompts]
+    contexts = [g.kv_len for g in grid if g.decode_batch > 0]
+    return FitDomain(max(prompts) if prompts else None, max(contexts) if contexts else None,
+                     max((g.n_seq for g in grid), default=None))
+
+
+def observations(comp: IterationComposer, kv_capacity: int) -> list[Observation]:
+    obs = []
+    for g in composition_grid(kv_capacity):
+        b, s = g.decode_batch, g.kv_len
+        prefill = sum(c * L for c, L in g.prompts)
+        prefill_sq = sum(c * L * L for c, L in g.prompts) if g.prompts else 0.0
+        time_s = comp.iteration_s(b, s, g.prompts) if g.prompts else comp.iteration_s(b, s)
+        obs.append(Observation(g.n_seq, b + prefill, b * s, prefill, prefill_sq, time_s))
     return obs
 
 
@@ -284,6 +325,7 @@ class KernelStepModel:
     fit_mape: float
     fit_max_ape: float
     clamped_lookups: int
+    domain: FitDomain  # the prompt, context and batch of the composed iterations the fit saw
 
 
 def kernel_step_model(comp: IterationComposer, power: PowerModel) -> KernelStepModel:
@@ -316,5 +358,5 @@ def kernel_step_model(comp: IterationComposer, power: PowerModel) -> KernelStepM
               f"rules: {', '.join(rules)}; power: {power.source}")
     if provenance == "derived":
         source = "derived: " + source
-    return KernelStepModel(step, provenance, source, mape, max_ape, clamped)
+    return KernelStepModel(step, provenance, source, mape, max_ape, clamped, composition_domain(capacity))
 

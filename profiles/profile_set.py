@@ -20,11 +20,13 @@ from profiles.schema import (
     TABLE_FILES,
     ConfigKey,
 )
+from profiles.fit_domain import FIT_DOMAIN_COLUMNS, UNKNOWN_DOMAIN, FitDomain, FitDomainError
 from profiles.step_model import StepModel, StepModelError
 
 NUMERIC_EXCEPT = {"gpu", "model", "quant", "workload", "task", "provenance", "source"}
-# Energy may be absent (no energy counter, or no passing probe): empty, never invented.
-NULLABLE = {"mean_power_w", "energy_per_output_token_j"}
+# Energy may be absent (no energy counter, or no passing probe): empty, never invented. A fit-domain cell is
+# empty when the domain is unknown.
+NULLABLE = {"mean_power_w", "energy_per_output_token_j", *FIT_DOMAIN_COLUMNS}
 
 
 class ProfileError(ValueError):
@@ -96,6 +98,7 @@ class ProfileSet:
     workloads: pd.DataFrame
     _steps: dict = field(default_factory=dict, repr=False)
     _curve_index: dict = field(default_factory=dict, repr=False)
+    _domains: dict = field(default_factory=dict, repr=False)
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -119,7 +122,7 @@ class ProfileSet:
             if "tp" in columns:
                 frame["tp"] = frame["tp"].astype(int)
             tables[name] = frame
-        steps = {}
+        steps, domains = {}, {}
         step_path = root / TABLE_FILES["step_models"][0]
         for row_no, row in enumerate(tables["step_models"].to_dict("records")):
             key = ConfigKey(str(row["gpu"]), str(row["model"]), str(row["quant"]), int(row["tp"]))
@@ -127,7 +130,8 @@ class ProfileSet:
                 raise ProfileError(f"{step_path}: row {row_no + 2}: config {key.label} appears twice")
             try:
                 steps[key] = StepModel.from_mapping(row, where=f"{step_path}: row {row_no + 2}")
-            except StepModelError as exc:
+                domains[key] = FitDomain.from_mapping(row, where=f"{step_path}: row {row_no + 2}")
+            except (StepModelError, FitDomainError) as exc:
                 raise ProfileError(str(exc)) from None
         curve_index = {}
         for (gpu, model, quant, tp, workload), group in tables["curves"].groupby(list(KEY_COLUMNS) + ["workload"]):
@@ -136,7 +140,7 @@ class ProfileSet:
                 raise ProfileError(f"{root / 'curves.parquet'}: curve for {key.label} has no step model")
             curve_index[(key, str(workload))] = group.sort_values("qps").reset_index(drop=True)
         return cls(root, manifest, tables["step_models"], tables["curves"], tables["saturation"],
-                   tables["quality"], tables["workloads"], steps, curve_index)
+                   tables["quality"], tables["workloads"], steps, curve_index, domains)
 
     # --- look-ups --------------------------------------------------------------------------------
 
@@ -148,6 +152,11 @@ class ProfileSet:
             return self._steps[key]
         except KeyError:
             raise ProfileError(f"{self.path}/step_models.csv: no row for config {key.label}") from None
+
+    def fit_domain(self, key: ConfigKey) -> FitDomain:
+        """The prompt, context and batch the config's step model was fitted on (unknown when not recorded)."""
+        self.step(key)  # a config without a row is an error, not an unknown domain
+        return self._domains.get(key, UNKNOWN_DOMAIN)
 
     def quality_score(self, model: str, quant: str, task: str) -> float:
         q = self.quality

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from profiles.fit_domain import FIT_DOMAIN_COLUMNS
 from profiles.step_model import CAPACITY_FIELDS, OPTIONAL_FIELDS, POWER_FIELDS, TIME_FIELDS
 
 PROVENANCE_KINDS = ("measured", "measured-kernels", "derived", "literature", "assumption")
@@ -49,8 +50,9 @@ PROVENANCE_COLUMNS = ("provenance", "source")
 
 STEP_MODEL_COLUMNS = KEY_COLUMNS + TIME_FIELDS + POWER_FIELDS + CAPACITY_FIELDS + PROVENANCE_COLUMNS
 # Optional step-model columns (engine-shape behaviour, profiles.step_model.OPTIONAL_FIELDS): written when a
-# table has them, validated when present, and read as their defaults (behaviour off) when absent.
-STEP_MODEL_OPTIONAL_COLUMNS = OPTIONAL_FIELDS
+# table has them, validated when present, and read as their defaults (behaviour off) when absent; and the fit
+# domain (profiles.fit_domain: largest prompt, context and batch the step model was fitted on; empty = unknown).
+STEP_MODEL_OPTIONAL_COLUMNS = OPTIONAL_FIELDS + FIT_DOMAIN_COLUMNS
 
 CURVE_METRICS = (
     "p50_ttft_s",

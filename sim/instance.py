@@ -39,6 +39,12 @@ request is one int on the heap, ``finish_iteration << 32 | rid``.
 Prefix caching (optional, ``prefix_cache`` settings; semantics in ``sim.prefix_cache``): a request whose
 shared prefix is cached prefills only its uncached tokens, and its prefix is cached when its prefill
 iteration ends. Without it the engine runs exactly the code paths above, with no per-request cost.
+
+Extrapolation (``profiles.fit_domain``): when the step model's fit domain knows its largest batch, every
+iteration that admits requests compares the batch they join (running + newly admitted) with it and counts
+the admitted requests of a larger one in ``batch_extrapolated`` (one comparison per admitting iteration;
+none when the limit is unknown). Prompt and context are per request and counted from the request
+columns after the run (``sim.metrics``).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import Callable
 
+from profiles.fit_domain import UNKNOWN_DOMAIN, FitDomain
 from profiles.step_model import StepModel
 from sim.prefix_cache import PrefixCache, PrefixCacheSettings
 from sim.requests import FINISHED, REASON_CODE, REJECTED, RequestTable
@@ -76,6 +83,7 @@ class Instance:
         "_heap", "_kv_offset", "_kv_reserved", "_iteration", "_energy_per_token_j",
         "_op", "_cuttable", "_new", "_op_batch", "_op_i", "_op_kv0", "_op_k", "_op_start", "_op_s", "_op_j",
         "_op_tokens", "_op_nseq", "prefix_cache",
+        "fit_domain", "_fit_max_batch", "batch_extrapolated", "batch_only_extrapolated",
     )
 
     def __init__(
@@ -90,6 +98,7 @@ class Instance:
         max_queue: int | None = None,
         on_release: Callable[["Instance"], None] | None = None,
         prefix_cache: PrefixCacheSettings | None = None,
+        fit_domain: FitDomain = UNKNOWN_DOMAIN,
     ):
         self.instance_id = instance_id
         self.label = label
@@ -131,6 +140,10 @@ class Instance:
         self._op_tokens = 0
         self._op_nseq = 0  # sequences of the iteration(s) in flight: sets the admission lead
         self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None else None
+        self.fit_domain = fit_domain
+        self._fit_max_batch = fit_domain.max_batch or 0  # 0: unknown, nothing counted
+        self.batch_extrapolated = 0  # requests admitted into a batch larger than the fit's largest
+        self.batch_only_extrapolated = 0  # ... of which prompt and context lie inside the fit domain
 
     # --- what the router and the pool call ---------------------------------------------------------
 
@@ -196,6 +209,21 @@ class Instance:
 
     # --- the engine ------------------------------------------------------------------------------
 
+    def _count_batch_extrapolation(self, new: list[int]) -> None:
+        """Requests admitted into a batch beyond the fit domain (rare: off the hot path). Those whose prompt
+        and context are inside the domain are counted apart, so a run can count each request once."""
+        self.batch_extrapolated += len(new)
+        domain = self.fit_domain
+        max_prompt = domain.max_prompt_tokens
+        max_context = domain.max_context_tokens
+        req = self.requests
+        for rid in new:
+            slot = rid & req.mask
+            inp = req.input_tokens[slot]
+            if (max_prompt is None or inp <= max_prompt) and (
+                    max_context is None or inp + req.output_tokens[slot] <= max_context):
+                self.batch_only_extrapolated += 1
+
     def _cut(self, at_s: float) -> None:
         """An admissible arrival during a decode stretch: stop at the first boundary at or after ``at_s`` (the
         arrival, or the arrival plus the admission lead), unless the stretch ends before that anyway."""
@@ -244,6 +272,7 @@ class Instance:
         arrival_col = req.arrival_s
         cache = self.prefix_cache
         cached_col = req.cached_tokens
+        fit_max_batch = self._fit_max_batch
         released = False
         while next_s < until_s:
             now = next_s
@@ -343,6 +372,8 @@ class Instance:
                     self._op_i = iteration
                     self._op_tokens = n_tok
                     self._op_nseq = batch + len(new)
+                    if fit_max_batch and batch + len(new) > fit_max_batch:
+                        self._count_batch_extrapolation(new)
                     op = _OP_MIXED
                     next_s = now + duration
                     continue

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from sim.cluster import simulate
 from sim.config import ConfigError, SimConf, build_run
-from sim.metrics import requests_frame, summarize
+from sim.metrics import extrapolation_lines, requests_frame, summarize
 from sim.report import comparison_rows, finished_summary, format_comparison, write_error, write_run, write_stream_run
 from sim.stream import RequestSink, simulate_stream, stream_summary
 from traces.stream import ChunkedTrace
@@ -82,6 +82,8 @@ def run(cfg: DictConfig, out_dir: Path, extra: dict | None = None) -> dict:
         write_run(out_dir, label, result, frame, summary, cfg.outputs.per_request, cfg.outputs.figures)
     print(f"[{label}] {n:,} requests simulated in {wall_s:.1f} s wall "
           f"({n / max(wall_s, 1e-9):,.0f} req/s); outputs in {out_dir}")
+    for line in extrapolation_lines(summary["extrapolation"]):
+        print(f"[{label}] {line}")
     return {"policy": label, **summary}
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from calibrate.probe_stats import tpot_s
+from profiles.fit_domain import FitDomain
 from sim.cluster import RunResult, gpus_over_time, time_average
 from sim.deployment import TaskSpec
 from sim.requests import FINISHED, REJECT_REASONS, REJECTED, STATUS_NAMES, RequestBatch, table_batch
@@ -28,7 +29,8 @@ PERCENTILES = (50, 90, 99)
 @dataclass(frozen=True, slots=True, eq=False)
 class RequestContext:
     """What turns raw request columns into verdicts: per task index its SLO and quality floor, per
-    instance id the config label and the quality score it serves its task with."""
+    instance id the config label, the quality score it serves its task with and its step model's fit
+    domain (largest prompt and context; inf where unknown)."""
 
     task_names: tuple[str, ...]
     slo_ttft_s: np.ndarray
@@ -36,22 +38,31 @@ class RequestContext:
     quality_min: np.ndarray
     instance_label: np.ndarray  # object array, index = instance id; one extra "" slot last for id -1
     instance_quality: np.ndarray  # float array, same indexing; NaN for id -1
+    instance_max_prompt_tokens: np.ndarray  # float array, same indexing; inf where unknown
+    instance_max_context_tokens: np.ndarray
 
     @classmethod
     def build(cls, task_names: Sequence[str], tasks: Sequence[TaskSpec], labels: dict[int, str],
-              quality: dict[int, float]) -> "RequestContext":
+              quality: dict[int, float], domains: dict[int, FitDomain] | None = None) -> "RequestContext":
         by_name = {t.name: t for t in tasks}
         specs = [by_name[name] for name in task_names]
         size = max(max(labels, default=-1), max(quality, default=-1)) + 2
         label = np.full(size, "", dtype=object)
         score = np.full(size, np.nan)
+        max_prompt = np.full(size, np.inf)
+        max_context = np.full(size, np.inf)
         for inst, name in labels.items():
             label[inst] = name
         for inst, value in quality.items():
             score[inst] = value
+        for inst, domain in (domains or {}).items():
+            if domain.max_prompt_tokens is not None:
+                max_prompt[inst] = domain.max_prompt_tokens
+            if domain.max_context_tokens is not None:
+                max_context[inst] = domain.max_context_tokens
         return cls(tuple(task_names), np.array([s.slo.ttft_s for s in specs], dtype=float),
                    np.array([s.slo.tpot_s for s in specs], dtype=float),
-                   np.array([s.quality_min for s in specs], dtype=float), label, score)
+                   np.array([s.quality_min for s in specs], dtype=float), label, score, max_prompt, max_context)
 
 
 def request_columns(batch: RequestBatch, ctx: RequestContext) -> dict[str, np.ndarray]:
@@ -116,7 +127,8 @@ def columns_frame(columns: dict[str, np.ndarray], ctx: RequestContext) -> pd.Dat
 
 def request_context(result: RunResult) -> RequestContext:
     labels = {inst.instance_id: inst.label for inst in result.instances}
-    return RequestContext.build(result.requests.task_names, result.tasks, labels, result.instance_quality)
+    domains = {inst.instance_id: inst.fit_domain for inst in result.instances}
+    return RequestContext.build(result.requests.task_names, result.tasks, labels, result.instance_quality, domains)
 
 
 def requests_frame(result: RunResult) -> pd.DataFrame:
@@ -258,6 +270,8 @@ class RequestStats:
         self.output_tokens = 0
         self.by_reason = np.zeros(len(REJECT_REASONS), dtype=np.int64)
         self.max_finish_s = -math.inf
+        # per config label: [requests, prompt beyond the fit, context beyond it, either]
+        self.extrapolation: dict[str, np.ndarray] = {}
 
     @property
     def percentile_method(self) -> str:
@@ -279,6 +293,7 @@ class RequestStats:
         finish = columns["finish_s"]
         if np.isfinite(finish).any():
             self.max_finish_s = max(self.max_finish_s, float(np.nanmax(finish)))
+        self._count_extrapolation(columns, ctx)
         for task_id, stats in enumerate(self._tasks):
             rows = task == task_id
             count = int(rows.sum())
@@ -305,6 +320,28 @@ class RequestStats:
             else:
                 stats.ttft_hist.add(ttft)
                 stats.tpot_hist.add(tpot)
+
+    def _count_extrapolation(self, columns: dict[str, np.ndarray], ctx: RequestContext) -> None:
+        """Per config, the requests it took (routed to one of its replicas) whose prompt or prompt + output
+        lie beyond its step model's fit domain; vectorised over the batch, summed per instance, then label."""
+        instance = columns["instance"]
+        taken = instance >= 0
+        if not taken.any():
+            return
+        ids = instance[taken]
+        prompt = columns["input_tokens"][taken]
+        over_prompt = prompt > ctx.instance_max_prompt_tokens[ids]
+        over_context = prompt + columns["output_tokens"][taken] > ctx.instance_max_context_tokens[ids]
+        size = len(ctx.instance_label)
+        per_instance = np.stack([np.bincount(ids, minlength=size), np.bincount(ids[over_prompt], minlength=size),
+                                 np.bincount(ids[over_context], minlength=size),
+                                 np.bincount(ids[over_prompt | over_context], minlength=size)])
+        for inst in np.flatnonzero(per_instance[0]):
+            label = str(ctx.instance_label[inst])
+            counts = self.extrapolation.get(label)
+            if counts is None:
+                counts = self.extrapolation[label] = np.zeros(4, dtype=np.int64)
+            counts += per_instance[:, inst]
 
     def histograms(self, task_id: int) -> tuple[LogHistogram, LogHistogram] | None:
         stats = self._tasks[task_id]
@@ -385,6 +422,7 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
         "output_tokens": int(out_tokens),
         "reconfigurations": dict(result.reconfigurations),
         "percentiles": stats.percentile_method,
+        "extrapolation": extrapolation_summary(result.instances, stats),
         "tasks": [asdict(by_task[t.name]) if t.name in by_task else asdict(_empty_task(t.name)) for t in tasks],
     }
     settings = getattr(result, "prefix_cache", None)
@@ -395,6 +433,65 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
             if entry["task"] in stats.task_names:
                 entry.update(stats.prefix_summary(stats.task_names.index(entry["task"])))
     return summary
+
+
+def extrapolation_summary(instances, stats: RequestStats) -> dict[str, dict]:
+    """Per config label, the requests it took and how many lie outside its step model's fit domain: prompt
+    longer than the longest prompt fitted, prompt + output longer than the longest decode context fitted,
+    admitted into a batch (running + admitted in that iteration) larger than the largest fitted; ``any``
+    counts each request once. A count is None where its limit is unknown; ``domain`` is "unknown" when no
+    limit is known (nothing is counted then)."""
+    out: dict[str, dict] = {}
+    batch: dict[str, list[int]] = {}
+    domains: dict[str, FitDomain] = {}
+    for inst in instances:
+        domains.setdefault(inst.label, inst.fit_domain)
+        counts = batch.setdefault(inst.label, [0, 0])
+        counts[0] += inst.batch_extrapolated
+        counts[1] += inst.batch_only_extrapolated
+    for label in sorted(domains):
+        domain = domains[label]
+        n, prompt, context, prompt_or_context = (int(v) for v in stats.extrapolation.get(label, np.zeros(4)))
+        if not domain.known:
+            out[label] = {"requests": n, "prompt": None, "context": None, "batch": None, "any": None,
+                          "share": None, "domain": "unknown"}
+            continue
+        over_batch, batch_only = batch[label]
+        extrapolated = prompt_or_context + batch_only
+        out[label] = {
+            "requests": n,
+            "prompt": prompt if domain.max_prompt_tokens is not None else None,
+            "context": context if domain.max_context_tokens is not None else None,
+            "batch": over_batch if domain.max_batch is not None else None,
+            "any": extrapolated,
+            "share": extrapolated / n if n else 0.0,
+            "domain": domain.as_dict(),
+        }
+    return out
+
+
+def extrapolation_lines(extrapolation: dict[str, dict]) -> list[str]:
+    """Console lines: one per config that extrapolates, else one saying none does; configs without a known
+    fit domain are named once."""
+    lines = []
+    for label, e in extrapolation.items():
+        if not e["any"]:
+            continue
+        d = e["domain"]
+        parts = [f"{what} {e[what]:,} > {d[limit]:,}{unit}" for what, limit, unit in (
+            ("prompt", "max_prompt_tokens", " tokens"), ("context", "max_context_tokens", " tokens"),
+            ("batch", "max_batch", " sequences")) if e[what]]
+        pct = 100 * e["share"]
+        share = f"{pct:.1f}" if pct >= 1 else f"{pct:.2g}"
+        lines.append(f"extrapolating: {label}: {e['any']:,} of {e['requests']:,} requests ({share} %) "
+                     f"outside its step model's fit domain ({', '.join(parts)})")
+    if not lines:
+        lines.append("extrapolation: no config served a request outside its step model's fit domain")
+    unknown = [label for label, e in extrapolation.items() if e["domain"] == "unknown"]
+    if unknown:
+        lines.append(f"extrapolation: fit domain unknown (not counted) for {len(unknown)} config(s): "
+                     + ", ".join(unknown))
+    return lines
 
 
 def _empty_task(name: str) -> TaskSummary:

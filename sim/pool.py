@@ -114,6 +114,7 @@ class Pool:
             max_queue=self.max_queue,
             on_release=self._released,
             prefix_cache=self.prefix_cache,
+            fit_domain=self.profiles.fit_domain(key),
         )
         self.key_of[instance.instance_id] = key
         self.replicas.append(instance)

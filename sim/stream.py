@@ -98,13 +98,14 @@ class _Context:
         pools = self.run.pools
         count = sum(len(p.all_instances) for p in pools.values())
         if count != self._instances:
-            labels, quality = {}, {}
+            labels, quality, domains = {}, {}, {}
             for name, pool in pools.items():
                 for inst in pool.all_instances:
                     key = pool.key_of[inst.instance_id]
                     labels[inst.instance_id] = inst.label
                     quality[inst.instance_id] = self.run.profiles.quality_score(key.model, key.quant, name)
-            self._ctx = RequestContext.build(self.run.task_names, self.tasks, labels, quality)
+                    domains[inst.instance_id] = inst.fit_domain
+            self._ctx = RequestContext.build(self.run.task_names, self.tasks, labels, quality, domains)
             self._instances = count
         return self._ctx
 

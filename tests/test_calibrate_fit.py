@@ -142,3 +142,16 @@ def test_capacity_without_engine_report_is_a_labelled_lower_bound():
 def test_fit_refuses_runs_that_cannot_identify_it():
     with pytest.raises(ValueError, match="prefill runs at 3 or more prompt lengths"):
         fit_step_model([closed_loop(TRUE, "prefill", 1, 64, 4, 2), closed_loop(TRUE, "decode", 2, 64, 16, 2)])
+
+
+def test_export_fit_domain_is_that_of_the_runs_that_were_fitted():
+    from calibrate.export import fit_domain
+
+    runs = design(TRUE)
+    domain = fit_domain(runs)
+    # prefill runs up to 2,040 prompt tokens (+4 output), decode runs at 64/512 tokens +32, up to 16 clients
+    assert (domain.max_prompt_tokens, domain.max_context_tokens, domain.max_batch) == (2040, 2044, 16)
+    # a run with no usable request gave no observation: it is not part of the domain
+    broken = FitRun("decode", 64, 3000, 32, ())
+    assert fit_domain(runs + [broken]) == domain
+    assert not fit_domain([broken]).known

@@ -164,6 +164,11 @@ def test_exported_profile_set_is_measured_and_loads(calibrated):
     assert ps.quality_score("standin-m", "fp16", "chat-s") == pytest.approx(55.0)
     sat = ps.saturation_qps(ConfigKey("standin-cpu", "standin-m", "fp16", 1), WORKLOAD, LatencySlo(**SLO))
     assert sat > 0
+    # the fit domain is that of the fit runs: prefill prompts up to 2,040 (+4 output), decode runs at
+    # 64/512 prompt tokens (+32 output) with up to 32 clients
+    domain = ps.fit_domain(ConfigKey("standin-cpu", "standin-m", "fp16", 1))
+    assert (domain.max_prompt_tokens, domain.max_context_tokens, domain.max_batch) == (2040, 2044, 32)
+    assert ps.manifest["fit"]["standin-fp16"]["fit_domain"] == domain.as_dict()
 
 
 def test_qfleet_sim_runs_on_the_calibrated_profiles(calibrated, tmp_path):
@@ -180,6 +185,12 @@ def test_qfleet_sim_runs_on_the_calibrated_profiles(calibrated, tmp_path):
     assert summary["policy"] == "fp16_only"
     written = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert written["profiles"] == plan.export_path
+    extrapolation = written["extrapolation"]["standin-cpu/standin-m/fp16/tp1"]
+    assert extrapolation["domain"] == {"max_prompt_tokens": 2040, "max_context_tokens": 2044, "max_batch": 32}
+    refused = ("exceeds_max_num_tokens", "exceeds_kv_capacity", "queue_full", "no_replica")  # never taken
+    assert extrapolation["requests"] == summary["requests"] - sum(summary["rejected_by_reason"].get(r, 0)
+                                                                  for r in refused)
+    assert extrapolation["any"] == extrapolation["context"] > 0  # Azure conversations: longer than 2,044 tokens
 
 
 def test_rerunning_a_finished_plan_measures_and_launches_nothing(calibrated):

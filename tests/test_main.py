@@ -62,7 +62,7 @@ def test_wrong_value_names_its_key(override, key):
         build_run(composed(SMALL + [override]))
 
 
-def test_a_run_writes_its_outputs(tmp_path):
+def test_a_run_writes_its_outputs(tmp_path, capsys):
     summary = run(composed(SMALL + ["policy=slo_energy_optimal"]), tmp_path)
     assert summary["finished"] + summary["rejected"] == summary["requests"] > 0
     frame = pd.read_parquet(tmp_path / "requests.parquet")
@@ -72,6 +72,15 @@ def test_a_run_writes_its_outputs(tmp_path):
     assert saved["avg_gpus"] == pytest.approx(summary["avg_gpus"])
     for name in ("gpus_over_time.png", "latency_cdf.png", "deployments.csv"):
         assert (tmp_path / name).stat().st_size > 0
+    # every config that served the run, with its fit domain (the shipped rows know theirs) and its counts
+    extrapolation = saved["extrapolation"]
+    assert set(extrapolation) == set(frame.config.unique())
+    assert sum(e["requests"] for e in extrapolation.values()) == (frame.instance >= 0).sum()
+    for label, e in extrapolation.items():
+        assert e["domain"]["max_prompt_tokens"] == 4096 and e["domain"]["max_context_tokens"] == 2048, label
+        assert e["any"] == int(((frame.config == label) & (frame.input_tokens + frame.output_tokens > 2048)).sum())
+    out = capsys.readouterr().out
+    assert "extrapolating: " in out or "extrapolation: no config served a request outside" in out
 
 
 def test_multirun_prints_the_comparison(tmp_path):

@@ -114,3 +114,68 @@ def test_energy_curve_lookup_never_clamps_silently(shipped):
     at_low = shipped.energy_per_token_j(key, "sharegpt", low)
     assert at_low == pytest.approx(float(curve.energy_per_output_token_j.iloc[0]), rel=1e-9)
     assert shipped.energy_per_token_j(key, "sharegpt", low / 10) > 5 * at_low
+
+
+# --- the fit domain (profiles.fit_domain) ------------------------------------------------------------
+
+
+def test_shipped_rows_carry_the_composition_grid_domain(shipped):
+    from profiles.kernel_step_model import DECODE_KV_LENGTHS, PROMPT_LENGTHS, composition_domain
+
+    key = ConfigKey("h100-80gb", "llama2-13b", "fp16", 1)
+    domain = shipped.fit_domain(key)
+    assert (domain.max_prompt_tokens, domain.max_context_tokens, domain.max_batch) == (4096, 2048, 256)
+    assert domain.max_prompt_tokens == max(PROMPT_LENGTHS) and domain.max_context_tokens == max(DECODE_KV_LENGTHS)
+    # every row's domain is the one its KV capacity allows on the grid (what build_default writes)
+    for key in shipped.configs():
+        assert shipped.fit_domain(key) == composition_domain(shipped.step(key).kv_capacity_tokens), key.label
+    # a small KV cache leaves the large decode batches out of the grid
+    assert composition_domain(20_000).max_batch == 128
+    assert "composition_domain" in shipped.manifest["fit_domain"]
+
+
+def test_missing_fit_domain_columns_load_as_unknown(copy):
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame.drop(columns=["fit_max_prompt_tokens", "fit_max_context_tokens", "fit_max_batch"]).to_csv(
+        copy / "step_models.csv", index=False)
+    profiles = ProfileSet.load(copy)
+    domain = profiles.fit_domain(profiles.configs()[0])
+    assert not domain.known and domain.max_prompt_tokens is None and domain.max_batch is None
+
+
+def test_empty_fit_domain_cell_is_unknown_for_that_field_only(copy):
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame["fit_max_context_tokens"] = frame["fit_max_context_tokens"].astype(object)
+    frame.loc[0, "fit_max_context_tokens"] = ""
+    frame.to_csv(copy / "step_models.csv", index=False)
+    profiles = ProfileSet.load(copy)
+    key = ConfigKey(*frame.loc[0, ["gpu", "model", "quant"]], int(frame.loc[0, "tp"]))
+    domain = profiles.fit_domain(key)
+    assert domain.max_context_tokens is None and domain.max_prompt_tokens == 4096 and domain.known
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("fit_max_prompt_tokens", -5, "whole number >= 1"),
+    ("fit_max_context_tokens", 100.5, "whole number >= 1"),
+    ("fit_max_batch", 0, "whole number >= 1"),
+    ("fit_max_batch", "many", "not a finite number"),
+])
+def test_bad_fit_domain_value_names_file_row_and_field(copy, field, value, why):
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame[field] = frame[field].astype(object)
+    frame.loc[3, field] = value
+    frame.to_csv(copy / "step_models.csv", index=False)
+    with pytest.raises(ProfileError, match=rf"step_models.csv: row 5, field '{field}'.*{why}"):
+        ProfileSet.load(copy)
+
+
+def test_fit_domain_columns_are_what_build_default_writes(copy):
+    from profiles.build_default import roofline_configs, write_fit_domain
+
+    shipped_csv = (default_profile_path() / "step_models.csv").read_bytes()
+    frame = pd.read_csv(copy / "step_models.csv")
+    frame.drop(columns=["fit_max_batch"]).to_csv(copy / "step_models.csv", index=False, float_format="%.10g")
+    write_fit_domain(copy)  # adds the missing column back, exactly as shipped
+    assert (copy / "step_models.csv").read_bytes() == shipped_csv
+    key, step, provenance, source, domain = next(iter(roofline_configs()))
+    assert not domain.known  # analytic rows have no fit domain
