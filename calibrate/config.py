@@ -146,6 +146,12 @@ class PrefixProbeConf:
 
 
 @dataclass
+class PhysicsConf:
+    accept_violations: bool = False
+    reason: str = ""
+
+
+@dataclass
 class PlanConf:
     name: str = MISSING
     entries: list[EntryConf] = field(default_factory=list)
@@ -163,6 +169,7 @@ class PlanConf:
     quality: QualityConf = field(default_factory=QualityConf)
     max_attempts_per_point: int = 2
     prefix_probe: PrefixProbeConf = field(default_factory=PrefixProbeConf)
+    physics: PhysicsConf = field(default_factory=PhysicsConf)
 
 
 @dataclass

@@ -25,27 +25,21 @@ from calibrate.db import PointKey, ResultsDB, StoredPoint, qps_key
 from calibrate.energy import NoEnergyMeter, idle_power_w, open_energy_meter
 from calibrate.loadgen import EngineFailure, Endpoint, RequestSpec, run_closed_loop, run_open_loop
 from calibrate.plan import Plan, PlanEntry
+from calibrate.physics import check_point, floors_for, shared_prefix_tokens
 from calibrate.prefix_probe import PROBE_OUTPUT_TOKENS, PROBE_ROLES, prefix_verdict, probe_prompts
 from calibrate.prompt_check import PromptSample, check_prompts, raise_if_bad
 from calibrate.prompts import PromptBuilder, load_tokenizer, stable_hash
 from calibrate.quality_import import (QualityImportError, lm_eval_command, lm_eval_scores, opencompass_scores,
                                       run_lm_eval, task_rows)
-from calibrate.replay import replay_requests
+from calibrate.replay import point_prompt_base, replay_prompt_base, replay_requests
 from calibrate.search import ProbeResult, find_saturation, sweep, sweep_points
 from calibrate.supervisor import EngineGaveUp, EngineStartError, EngineSupervisor
 from calibrate.validate import measured_result
 
 FIT_PROMPT_OFFSET = 1_000_000  # prompt indices of fit runs, away from the bursts' pool
 WARMUP_PROMPT_OFFSET = 2_000_000
-REPLAY_PROMPT_OFFSET = 3_000_000
 PROBE_PROMPT_OFFSET = 4_000_000
 PROMPT_CHECK_BURST_REQUESTS = 48  # requests of each point kind whose prompts are checked before measuring
-
-
-def point_prompt_base(label: str) -> int:
-    """The prompt index of request 0 of a point: every point (each burst QPS, each replay) draws its own prompts,
-    so no two points send the same prompt (an engine that caches prefixes would skip its prefill)."""
-    return (1 + stable_hash(label)) << 24
 
 
 def failed_result(qps: float, n: int) -> ProbeResult:
@@ -146,6 +140,8 @@ class EntryRunner:
             self.tokenizer_name = f"tokenizer '{path}'"
         self.prompts = PromptBuilder(seed=plan.burst.seed, tokenizer=tokenizer, tokenizer_name=self.tokenizer_name)
         self._prompt_cache: dict[tuple, str] = {}
+        self.floors = floors_for(entry.gpu, entry.model, entry.quant, entry.tp)
+        self._shared_prefix = shared_prefix_tokens(plan, entry)
         self.measured = 0
         self.skipped = 0
         self._warm_launch = 0
@@ -201,7 +197,7 @@ class EntryRunner:
 
     def replay_specs(self, replay) -> list[RequestSpec]:
         reqs = replay_requests(replay)
-        base = REPLAY_PROMPT_OFFSET + point_prompt_base(f"replay|{replay.name}")
+        base = replay_prompt_base(replay.name)
         specs = []
         for j in range(len(reqs.arrival_s)):
             n = int(reqs.input_tokens[j])
@@ -311,6 +307,13 @@ class EntryRunner:
                 rate = qps
             result = measured_result(rate, records, energy)
             self.db.finish_point(point_id, "done", result, records, energy, window)
+            verdict = check_point(self.floors, key.phase, records, energy, window,
+                                  self.db.info(self.entry.name).get(f"idle_w/launch{self.supervisor.launches}"),
+                                  self._shared_prefix.get(key.point_key))
+            self.db.set_physics(point_id, verdict.as_json())
+            if verdict.status == "violation":
+                self.log(f"[{self.entry.name}] PHYSICS: {key.phase} {key.point_key}: {verdict.describe()}; the export "
+                         f"will refuse this point unless plan.physics accepts it with a reason")
             self.measured += 1
             return self.db.get_point(key)  # type: ignore[return-value]
 

@@ -16,6 +16,8 @@ Tables:
                     is marked ``running`` (committed) when it starts and ``done`` or ``failed`` in the
                     same transaction that stores its requests, so a crash loses at most the point in
                     progress, which the next run measures again (its ``attempt`` counts the tries);
+  Each finished point also holds its verdict against the GPU's hardware floors (``physics_json``,
+                    ``calibrate.physics``; the column is added to databases made before it);
 * ``requests``      every request of a finished point (send, token times, usage lengths, error);
 * ``probes``        the saturation search's sequence per (entry, workload, SLO): which QPS, which point,
                     passed or not;
@@ -152,6 +154,9 @@ class ResultsDB:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(points)")}
+        if "physics_json" not in columns:  # databases measured before the physics checks (calibrate.physics)
+            self.conn.execute("ALTER TABLE points ADD COLUMN physics_json TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -312,6 +317,18 @@ class ResultsDB:
                 "UPDATE points SET status=?, result_json=?, energy_j=?, window_s=?, finished_at=?, error=? WHERE id=?",
                 (status, _result_json(result) if result is not None else None, energy_j, window_s, time.time(),
                  error, point_id))
+
+    def set_physics(self, point_id: int, verdict_json: str) -> None:
+        """The point's verdict against the hardware floors (``calibrate.physics``)."""
+        with self._tx():
+            self.conn.execute("UPDATE points SET physics_json=? WHERE id=?", (verdict_json, point_id))
+
+    def physics(self, point_id: int) -> dict | None:
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(points)")}
+        if "physics_json" not in columns:
+            return None
+        row = self.conn.execute("SELECT physics_json FROM points WHERE id=?", (point_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def points(self, entry: str | None = None, phase: str | None = None, status: str | None = None) -> list[StoredPoint]:
         sql = ("SELECT entry, workload, phase, point_key FROM points WHERE plan_name=?")

@@ -24,6 +24,7 @@ import pandas as pd
 
 from calibrate.arrivals import BurstPlan
 from calibrate.db import ResultsDB
+from calibrate.physics import check_database, check_step_model, floors_for, violations
 from calibrate.fit import FitRun, StepFit, fit_step_model, observations
 from calibrate.plan import Plan, PlanEntry, shown_path
 from calibrate.validate import compare
@@ -213,6 +214,7 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
                                                                    f"still met the SLO")})
     if not step_rows:
         raise ExportError(f"plan '{plan.name}': no entry has finished measurements in {db.path}; nothing to export")
+    physics = physics_gate(plan, db, fits, log)
     quality, quality_notes = _quality_rows(plan, db, log)
     workload_rows = []
     b = plan.burst
@@ -240,6 +242,9 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
                            "fit_domain": ef.domain.as_dict()} for ef in fits},
         "quality_notes": quality_notes,
         "workloads": sorted(workloads),
+        "physics": physics,
+        "prefix_caching": {e.name: db.info(e.name).get("prefix_caching") for e in plan.entries
+                           if db.info(e.name).get("prefix_caching")},
     }
     tables = {
         "step_models": pd.DataFrame(step_rows, columns=list(STEP_MODEL_COLUMNS) + list(STEP_MODEL_OPTIONAL_COLUMNS)),
@@ -249,6 +254,32 @@ def export_profile_set(plan: Plan, db: ResultsDB, command: str, path: str | Path
         "workloads": pd.DataFrame(workload_rows, columns=list(WORKLOAD_COLUMNS)),
     }
     return write_profile_set(target, manifest, tables), fits
+
+
+def physics_gate(plan: Plan, db: ResultsDB, fits: list[EntryFit], log: Callable[[str], None]) -> dict:
+    """Every point and fitted step model against the GPU's floors (``calibrate.physics``): a violation stops the
+    export, naming the points, unless the plan accepts it with a reason; returns what the manifest records."""
+    checked = check_database(plan, db)
+    problems = violations(checked)
+    for ef in fits:
+        entry = plan.entry(ef.entry)
+        floors = floors_for(entry.gpu, entry.model, entry.quant, entry.tp)
+        prompts = [r.input_tokens for r in _fit_runs(db, entry) if r.kind == "prefill"]
+        problems += [f"{ef.entry} fitted step model: {p}" for p in check_step_model(ef.fit.step, floors, prompts)]
+    unchecked = sorted({f"{p.key.entry}: {v.reason}" for p, v in checked if v.status == "unchecked"})
+    for line in unchecked:
+        log(f"export: physics not checked for {line}")
+    if problems and not plan.physics.accept_violations:
+        shown = "\n  - ".join(problems[:20]) + (f"\n  - ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ExportError(
+            f"plan '{plan.name}': {len(problems)} measurement(s) or fit(s) are faster than the GPU allows (prefill "
+            f"FLOPs / peak, weight bytes / bandwidth, idle power); the engine did not compute what was sent (cached "
+            f"prefixes, identical or truncated prompts, a wrong clock). Find out why before fitting; to publish them "
+            f"anyway, set plan.physics.accept_violations=true with a reason:\n  - {shown}")
+    if problems:
+        log(f"export: {len(problems)} physics violation(s) accepted by the plan: {plan.physics.reason}")
+    return {"checked_points": sum(1 for _, v in checked if v.status != "unchecked"), "violations": problems,
+            "accepted_reason": plan.physics.reason if problems else "", "unchecked": unchecked}
 
 
 def _num(x) -> float:

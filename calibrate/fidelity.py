@@ -40,12 +40,14 @@ from calibrate.export import fit_only
 from calibrate.fit import StepFit
 from calibrate.loadgen import RequestRecord
 from calibrate.plan import Plan, PlanEntry, shown_path
+from calibrate.replay import replay_prefixes
 from calibrate.probe_stats import probe_result, tpot_s
 from calibrate.search import find_saturation
 from calibrate.sim_probe import SimulatedProbe
 from profiles.profile_set import LatencySlo
 from profiles.step_model import StepModel
 from sim.instance import replay_single_instance
+from sim.prefix_cache import PrefixCacheSettings
 from sim.requests import RequestTable
 from traces.trace import Trace
 
@@ -57,6 +59,7 @@ UNITS = {"p50_ttft_s": ("ms", 1e3), "p90_ttft_s": ("ms", 1e3), "p50_tpot_s": ("m
          "output_tokens_per_s": ("tok/s", 1.0), "energy_per_output_token_j": ("J", 1.0)}
 TARGETS_PCT = {"p90_ttft_s": 10.0, "p90_tpot_s": 10.0, "energy_per_output_token_j": 10.0}
 SATURATION_TARGET_PCT = 10.0
+REPLAY_TTFT_TARGET_PCT = 25.0  # P90 TTFT of every replayed trace slice
 QUANT_LABEL = {"fp16": "FP16", "w4a16-int": "NF4"}
 
 
@@ -155,13 +158,17 @@ class Replayed:
 
 
 def replay_point(step: StepModel, request_overhead_s: float, qps: float, records: Sequence[RequestRecord],
-                 energy_j: float | None = None, window_s: float | None = None) -> Replayed | None:
+                 energy_j: float | None = None, window_s: float | None = None,
+                 prefixes: dict[int, tuple[int, int]] | None = None,
+                 prefix_cache: PrefixCacheSettings | None = None) -> Replayed | None:
     """Replay a measured point's requests through one simulated instance.
 
     Times are those of the load generator (send times from its start); requests reach the instance
     ``request_overhead_s`` after they were sent. The simulated energy covers the same window as the measured:
     iteration energy, plus ``idle_w`` for the rest of the simulated run, plus ``idle_w`` for the part of the
-    measured window after the last token (``window_s`` minus the last measured finish)."""
+    measured window after the last token (``window_s`` minus the last measured finish). ``prefixes`` maps a
+    request's index to (shared-prefix id, prefix tokens) for replays that share prefixes on purpose; with
+    ``prefix_cache`` the simulated instance reuses them as the engine's prefix cache does."""
     recs = sorted((r for r in records if r.ok), key=lambda r: r.send_s)
     if len(recs) < 2:
         return None
@@ -172,8 +179,14 @@ def replay_point(step: StepModel, request_overhead_s: float, qps: float, records
     out = np.array([r.completion_tokens for r in recs], dtype=np.int64)
     origin = min(0.0, float(send[0]))
     arrival = send - origin + request_overhead_s
-    table = RequestTable(Trace(arrival, inp, out, np.zeros(len(recs), dtype=np.int64), ("replay",), "replay"))
-    instance = replay_single_instance(step, table)
+    prefix_id = prefix_tokens = None
+    if prefixes:
+        pairs = [prefixes.get(r.index, (-1, 0)) for r in recs]
+        prefix_id = np.array([g for g, _ in pairs], dtype=np.int64)
+        prefix_tokens = np.minimum(np.array([t for _, t in pairs], dtype=np.int64), inp)
+    table = RequestTable(Trace(arrival, inp, out, np.zeros(len(recs), dtype=np.int64), ("replay",), "replay",
+                               prefix_id, prefix_tokens))
+    instance = replay_single_instance(step, table, prefix_cache=prefix_cache)
     first_s = np.array(table.first_token_s) + origin
     finish_s = np.array(table.finish_s) + origin
     rejected = sum(1 for s in table.status if s != 1)
@@ -192,8 +205,9 @@ def replay_point(step: StepModel, request_overhead_s: float, qps: float, records
 
 def point_row(entry: PlanEntry, workload: str, phase: str, point: str, qps: float, records: Sequence[RequestRecord],
               step: StepModel, request_overhead_s: float, energy_j: float | None, window_s: float | None,
-              with_ks: bool = False) -> PointRow | None:
-    rep = replay_point(step, request_overhead_s, qps, records, energy_j, window_s)
+              with_ks: bool = False, prefixes: dict[int, tuple[int, int]] | None = None,
+              prefix_cache: PrefixCacheSettings | None = None) -> PointRow | None:
+    rep = replay_point(step, request_overhead_s, qps, records, energy_j, window_s, prefixes, prefix_cache)
     if rep is None:
         return None
     ks, samples = {}, {}
@@ -240,10 +254,25 @@ def entry_rows(plan: Plan, db: ResultsDB, entry: PlanEntry, fit: StepFit) -> tup
                                          f"{p.attempt} attempt(s); last error: {(p.error or 'none recorded')[:160]}"))
             continue
         records = db.requests(p.id)
+        spec = next((r for r in plan.replays_for(entry) if r.name == name), None)
+        prefixes = replay_prefixes(spec) if spec is not None and spec.shared_prefix is not None else None
+        cache = None
+        if prefixes:
+            block = int(plan.stated_capacity(entry)[0].get("prefix_block_tokens") or 0)
+            cache = PrefixCacheSettings(block_tokens=block) if block > 0 else None
+            if cache is None:
+                missing.append(MissingReplay(entry.name, name, "done", "shares prefixes on purpose, but the plan "
+                                             "states no scheduling.prefix_block_tokens: simulated without a cache"))
         row = point_row(entry, p.key.workload, "replay", name, _replay_qps(records), records, fit.step,
-                        fit.request_overhead_s, p.energy_j, p.window_s, with_ks=True)
+                        fit.request_overhead_s, p.energy_j, p.window_s, with_ks=True, prefixes=prefixes,
+                        prefix_cache=cache)
         if row is not None:
             rows.append(row)
+        if cache is not None:  # what the same replay looks like to a simulator without the engine's prefix cache
+            off = point_row(entry, p.key.workload, "replay-no-prefix-cache", name, _replay_qps(records), records,
+                            fit.step, fit.request_overhead_s, p.energy_j, p.window_s, with_ks=True)
+            if off is not None:
+                rows.append(off)
     return rows, missing
 
 
@@ -394,6 +423,9 @@ def replay_lines(report: FidelityReport) -> list[str]:
     if any(r.phase == "replay" for r in report.rows):
         lines += ["", "Replays (trace slices, held out; KS = two-sample Kolmogorov-Smirnov distance of per-request "
                       "values):", "", point_table(report, "replay")]
+    if any(r.phase == "replay-no-prefix-cache" for r in report.rows):
+        lines += ["", "The replays that share prefixes, simulated without the engine's prefix cache (what a simulator "
+                      "that ignores prefix caching would predict):", "", point_table(report, "replay-no-prefix-cache")]
     for m in report.missing_replays:
         lines.append(f"- NOT MEASURED: replay '{m.name}' of {m.entry}: {m.status} in the results database ({m.note}); "
                      f"no simulated figures or KS distances are reported for it.")
@@ -406,6 +438,12 @@ def targets_summary(report: FidelityReport) -> list[str]:
     for m, target in TARGETS_PCT.items():
         verdict = "met" if med[m] <= target else "MISSED"
         out.append(f"median APE {LABELS[m]} {med[m]:.1f} % (target <= {target:.0f} %): {verdict}")
+    for r in report.rows:
+        if r.phase == "replay":
+            ape = r.ape_pct["p90_ttft_s"]
+            verdict = "met" if ape <= REPLAY_TTFT_TARGET_PCT else "MISSED"
+            out.append(f"replay {r.point}: P90 TTFT APE {ape:.1f} % (target <= {REPLAY_TTFT_TARGET_PCT:.0f} %): "
+                       f"{verdict}")
     for s in report.saturation:
         verdict = "met" if s.ape_pct <= SATURATION_TARGET_PCT else "MISSED"
         out.append(f"saturation {QUANT_LABEL.get(s.quant, s.quant)} {s.workload}: measured {s.measured_qps:.4g}, "
@@ -590,11 +628,12 @@ def plot(report: FidelityReport, path: Path) -> None:
     plt.close(fig)
 
 
-def open_plan_db(plan_file: str | Path, results_db: str | Path | None = None) -> tuple[Plan, ResultsDB]:
+def open_plan_db(plan_file: str | Path, results_db: str | Path | None = None,
+                 readonly: bool = True) -> tuple[Plan, ResultsDB]:
     """The plan (no launch checks: checkpoints need not exist here) and its results database, read-only."""
     from calibrate.plan import load_plan_file
 
     plan = load_plan_file(plan_file)
-    db = ResultsDB(results_db or plan.results_db, plan.name, readonly=True)
+    db = ResultsDB(results_db or plan.results_db, plan.name, readonly=readonly)
     db.check_fingerprints({e.name: plan.entry_fingerprint(e) for e in plan.entries}, plan.legacy_fingerprints)
     return plan, db

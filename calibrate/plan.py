@@ -157,6 +157,15 @@ class QualitySpec:
 
 
 @dataclass(frozen=True)
+class PhysicsSpec:
+    """Whether the export may publish points or a fit that break the GPU's hardware floors (``calibrate.physics``):
+    only with ``accept_violations`` and a stated ``reason``, recorded in the profile's manifest."""
+
+    accept_violations: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class PrefixProbeSpec:
     """The prefix-caching probe (``calibrate.prefix_probe``): one prompt cold and warm, at concurrency 1."""
 
@@ -212,6 +221,7 @@ class Plan:
     max_attempts_per_point: int = 2
     replays: tuple[ReplaySpec, ...] = ()
     prefix_probe: PrefixProbeSpec = field(default_factory=PrefixProbeSpec)
+    physics: PhysicsSpec = field(default_factory=PhysicsSpec)
 
     def replays_for(self, entry: PlanEntry) -> tuple[ReplaySpec, ...]:
         first = self.entries[0].name if self.entries else ""
@@ -270,9 +280,10 @@ class Plan:
 STATEMENT_FIELDS = ("capacity", "capacity_source", "scheduling")
 CAPACITY_KEYS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
 # Engine facts the simulator models (profiles.step_model): the KV padding interval of static (CUDA-graph)
-# shapes, and whether admission waits for the host-side per-sequence work (a Python engine sharing its
-# interpreter with the HTTP front-end).
-SCHEDULING_KEYS = {"kv_pad_tokens": int, "host_admission": bool}
+# shapes, whether admission waits for the host-side per-sequence work (a Python engine sharing its
+# interpreter with the HTTP front-end), and the block size of its prefix cache (only whole blocks are reused;
+# sim.prefix_cache), used where a plan replays prompts that share prefixes on purpose.
+SCHEDULING_KEYS = {"kv_pad_tokens": int, "host_admission": bool, "prefix_block_tokens": int}
 
 
 def _plain(value: Any) -> Any:
@@ -355,7 +366,7 @@ def _mapping(value, where):
 
 PLAN_KEYS = {"name", "entries", "engine", "slos", "results_db", "export_path", "work_dir", "gpus_available",
              "search", "sweep_fractions", "burst", "fit", "energy", "quality", "max_attempts_per_point", "replays",
-             "prefix_probe"}
+             "prefix_probe", "physics"}
 
 
 def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
@@ -428,6 +439,7 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
                                                                   "shared_prefix": _shared_prefix})
                       for i, r in enumerate(values.get("replays") or ())),
         prefix_probe=_build(PrefixProbeSpec, values.get("prefix_probe"), "plan.prefix_probe"),
+        physics=_build(PhysicsSpec, values.get("physics"), "plan.physics"),
     )
 
 
@@ -521,6 +533,9 @@ def plan_problems(plan: Plan, handler, launch_checks: bool = True) -> list[str]:
     b = plan.burst
     if not (b.burst_s > 0 and 1 <= b.min_requests <= b.max_requests and b.max_total_tokens >= 2):
         problems.append(f"plan.burst: need burst_s > 0, 1 <= min_requests <= max_requests, max_total_tokens >= 2; got {b}")
+    if plan.physics.accept_violations and not str(plan.physics.reason).strip():
+        problems.append("plan.physics.reason: accept_violations is true but no reason is stated; say why points "
+                        "faster than the GPU allows may be published (it is recorded in the profile's manifest)")
     pp = plan.prefix_probe
     if pp.enabled and not 2 <= pp.prompt_tokens <= plan.burst.max_total_tokens - 4:
         problems.append(f"plan.prefix_probe.prompt_tokens: must be in 2..{plan.burst.max_total_tokens - 4} "

@@ -12,6 +12,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibrate.plan import ReplaySpec
+from calibrate.prompts import stable_hash
+
+REPLAY_PROMPT_OFFSET = 3_000_000
+
+
+def point_prompt_base(label: str) -> int:
+    """The prompt index of request 0 of a point: every point (each burst QPS, each replay) draws its own prompts,
+    so no two points send the same prompt (an engine that caches prefixes would skip its prefill)."""
+    return (1 + stable_hash(label)) << 24
+
+
+def replay_prompt_base(name: str) -> int:
+    """The prompt index (and request index) of a replay's request 0."""
+    return REPLAY_PROMPT_OFFSET + point_prompt_base(f"replay|{name}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,16 @@ def replay_requests(replay: ReplaySpec) -> ReplayRequests:
     inp = np.maximum(1, np.minimum(np.asarray(piece.input_tokens, dtype=np.int64), replay.max_total_tokens - out))
     group, shared = (shared_prefixes(inp, replay.shared_prefix) if replay.shared_prefix is not None else (None, None))
     return ReplayRequests(np.asarray(piece.arrival_s, dtype=float), inp, out, piece.source, group, shared)
+
+
+def replay_prefixes(spec: ReplaySpec) -> dict[int, tuple[int, int]]:
+    """Request index -> (shared-prefix group, tokens) of a replay that shares prefixes, as the coordinator sends it."""
+    reqs = replay_requests(spec)
+    if reqs.prefix_tokens is None:
+        return {}
+    base = replay_prompt_base(spec.name)
+    return {base + j: (int(reqs.prefix_group[j]), int(reqs.prefix_tokens[j]))
+            for j in range(len(reqs.arrival_s)) if reqs.prefix_tokens[j] > 0}
 
 
 def shared_prefixes(input_tokens: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:

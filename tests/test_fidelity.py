@@ -1,6 +1,8 @@
 """The simulator against a real engine: the fidelity figures published in the README, recomputed from the
-committed measurements (transformers serve on the lent H100 and H200, ``profiles/measured/transformers_h100``
-and ``profiles/measured/transformers_h200``).
+committed measurements of transformers serve on the lent H200 with distinct prompts
+(``profiles/measured/transformers_h200_distinct``, the README's figures), and the earlier H100 and H200
+databases (``profiles/measured/transformers_h100``, ``transformers_h200``), kept as a record of identical-prompt,
+prefix-cached measurements: their figures are pinned so a change shows, but no README figure rests on them.
 
 A change to the instance model, the step model or the fit that moves any of these figures shows here: the
 median errors are pinned to the published ones, every per-point error to the committed ``fidelity.csv``.
@@ -22,7 +24,7 @@ import pytest
 
 from calibrate.db import PointKey, ResultsDB
 from calibrate.export import fit_only
-from calibrate.fidelity import METRICS, TARGETS_PCT, fidelity_report, open_plan_db
+from calibrate.fidelity import METRICS, fidelity_report, open_plan_db, targets_summary
 from calibrate.loadgen import RequestRecord
 from calibrate.plan import load_plan_file
 from sim.instance import replay_single_instance
@@ -44,7 +46,8 @@ class Published:
     sweep_points: int
     median_ape_pct: dict  # over the held-out sweep points
     saturation: dict  # (entry, workload) -> (measured, simulated) saturation QPS at the plan's SLO (1 s / 0.1 s)
-    replays: dict = field(default_factory=dict)  # name -> ({metric: APE %}, {"ttft"|"tpot": KS distance})
+    replays: dict = field(default_factory=dict)  # name -> (requests, {metric: APE %}, {"ttft"|"tpot": KS distance})
+    verdicts: tuple = ()  # the targets summary's verdict lines, "met" or "MISSED" (targets_summary)
 
 
 PUBLISHED = {
@@ -59,9 +62,24 @@ PUBLISHED = {
                       {"p50_ttft_s": 3.7, "p90_ttft_s": 3.8, "p50_tpot_s": 1.9, "p90_tpot_s": 2.0,
                        "output_tokens_per_s": 0.4, "energy_per_output_token_j": 2.6},
                       {("llama2-7b-bf16-tp1", "fixed-512-64"): (13.5, 13.5)},
-                      {"azure-conv-slice-60s-1qps": ({"p50_ttft_s": 4.2, "p90_ttft_s": 6.6, "p50_tpot_s": 1.9,
-                                                      "p90_tpot_s": 0.7, "energy_per_output_token_j": 2.3},
+                      {"azure-conv-slice-60s-1qps": (301, {"p50_ttft_s": 4.2, "p90_ttft_s": 6.6, "p50_tpot_s": 1.9,
+                                                           "p90_tpot_s": 0.7, "energy_per_output_token_j": 2.3},
                                                      {"ttft": 0.076, "tpot": 0.116})}),
+    # The README's figures: distinct prompts, fit runs to 8,192-token prompts, 4,144-token contexts and batch 448.
+    "h200-distinct": Published(
+        ROOT / "experiments" / "real_engine" / "plan_h200_distinct.json",
+        ROOT / "profiles" / "measured" / "transformers_h200_distinct", 6,
+        {"p50_ttft_s": 18.7, "p90_ttft_s": 20.9, "p50_tpot_s": 7.4, "p90_tpot_s": 8.1, "output_tokens_per_s": 0.4,
+         "energy_per_output_token_j": 3.7},
+        {("llama2-7b-bf16-tp1", "fixed-512-64"): (7.75, 10.5)},
+        {"azure-code-long-2350s-30s-0.8qps": (74, {"p50_ttft_s": 43.3, "p90_ttft_s": 14.3, "p90_tpot_s": 40.0,
+                                                   "energy_per_output_token_j": 3.6}, {"ttft": 0.270, "tpot": 0.189}),
+         "azure-conv-1200s-15s-1.4qps": (74, {"p50_ttft_s": 42.1, "p90_ttft_s": 47.6, "p90_tpot_s": 27.6,
+                                              "energy_per_output_token_j": 1.2}, {"ttft": 0.500, "tpot": 0.514}),
+         "azure-conv-shared-prefix-1800s-15s-1qps": (102, {"p50_ttft_s": 30.6, "p90_ttft_s": 17.8, "p90_tpot_s": 3.1,
+                                                           "energy_per_output_token_j": 2.7},
+                                                     {"ttft": 0.265, "tpot": 0.167})},
+        ("MISSED", "met", "met", "met", "MISSED", "met", "MISSED")),
 }
 MEDIAN_TOL_PCT = 0.3  # percentage points
 POINT_TOL_PCT = 0.5
@@ -94,13 +112,15 @@ def test_median_errors_are_the_published_ones(published_report):
         assert medians[metric] == pytest.approx(published, abs=MEDIAN_TOL_PCT), (metric, medians[metric])
 
 
-def test_targets_hold(published_report):
-    _, report = published_report
-    medians = report.medians("sweep")
-    for metric, target in TARGETS_PCT.items():
-        assert medians[metric] <= target, (metric, medians[metric])
-    for s in report.saturation:
-        assert s.ape_pct <= 10.0, s
+def test_target_verdicts_are_the_published_ones(published_report):
+    """Which targets hold and which do not, as the README says (the identical-prompt databases met every target,
+    which is what made them misleading)."""
+    pub, report = published_report
+    verdicts = tuple(line.rsplit(": ", 1)[1] for line in targets_summary(report))
+    if pub.verdicts:
+        assert verdicts == pub.verdicts
+    else:
+        assert set(verdicts) == {"met"}, verdicts
 
 
 def test_saturation_is_the_published_one(published_report):
@@ -116,22 +136,22 @@ def test_every_point_matches_the_committed_table(published_report):
     pub, report = published_report
     published = pd.read_csv(pub.measured / "fidelity" / "fidelity.csv")
     assert len(published) == len(report.rows)
-    table = {(r["entry"], r["workload"], r["point"]): r for r in published.to_dict("records")}
+    table = {(r["entry"], r["workload"], r["phase"], r["point"]): r for r in published.to_dict("records")}
     for row in report.rows:
-        pub_row = table[(row.entry, row.workload, row.point)]
+        pub_row = table[(row.entry, row.workload, row.phase, row.point)]
         for m in METRICS:
             assert row.measured[m] == pytest.approx(pub_row[f"measured_{m}"], rel=1e-4), (row.point, m)
             assert row.ape_pct[m] == pytest.approx(pub_row[f"ape_pct_{m}"], abs=POINT_TOL_PCT), (row.entry, row.point, m)
 
 
 def test_replays_match_the_published_errors_and_ks(published_report):
-    """The Azure slice on the H200: per-request TTFT/TPOT distributions and P90s held to the published figures."""
+    """The Azure slices: per-request TTFT/TPOT distributions and P90s held to the published figures."""
     pub, report = published_report
     replays = {r.point: r for r in report.rows if r.phase == "replay"}
     assert replays.keys() == pub.replays.keys()
-    for name, (apes, ks) in pub.replays.items():
+    for name, (n, apes, ks) in pub.replays.items():
         row = replays[name]
-        assert row.n_requests == 301 and row.samples["send_s"].size == 301
+        assert row.n_requests == n and row.samples["send_s"].size == n
         for metric, published in apes.items():
             assert row.ape_pct[metric] == pytest.approx(published, abs=POINT_TOL_PCT), (name, metric)
         for key, published in ks.items():
