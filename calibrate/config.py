@@ -107,6 +107,12 @@ class FitConf:
     decode_input_tokens: list[int] = field(default_factory=lambda: [128, 1024])
     decode_output_tokens: int = 64
     decode_rounds: int = 2
+    mixed_concurrency: list[int] = field(default_factory=list)
+    mixed_input_tokens: list[int] = field(default_factory=list)
+    mixed_background_input_tokens: int = 128
+    mixed_background_output_tokens: int = 320
+    mixed_probes: int = 16
+    mixed_probe_gap_s: float = 0.45
 
 
 @dataclass

@@ -39,6 +39,7 @@ from calibrate.validate import measured_result
 FIT_PROMPT_OFFSET = 1_000_000  # prompt indices of fit runs, away from the bursts' pool
 WARMUP_PROMPT_OFFSET = 2_000_000
 PROBE_PROMPT_OFFSET = 4_000_000
+MIXED_PROBE_OUTPUT_TOKENS = 2  # a mixed run's probe prompts: their first token ends the mixed iteration
 PROMPT_CHECK_BURST_REQUESTS = 48  # requests of each point kind whose prompts are checked before measuring
 
 
@@ -113,6 +114,14 @@ def fit_run_specs(plan: Plan, capacity: dict) -> tuple[list[FitRunSpec], list[st
                              f"or kv_capacity_tokens={kv}")
                 continue
             runs.append(FitRunSpec("decode", B, L, O, B * f.decode_rounds))
+    Lb, Ob = f.mixed_background_input_tokens, f.mixed_background_output_tokens
+    for L in f.mixed_input_tokens if f.mixed_concurrency else ():
+        for B in sorted(f.mixed_concurrency):
+            if (max_batch and B + 1 > max_batch) or (kv and B * (Lb + Ob) + L + 2 > kv) or \
+                    (max_tokens and L + B > max_tokens) or L + 2 > max_total:
+                notes.append(f"mixed run c{B}-in{L} dropped: over the engine's limits {capacity}")
+                continue
+            runs.append(FitRunSpec("mixed", B, L, Ob, B + f.mixed_probes))
     return runs, notes
 
 
@@ -192,8 +201,24 @@ class EntryRunner:
 
     def fit_specs(self, i: int, spec: "FitRunSpec") -> list[RequestSpec]:
         base = FIT_PROMPT_OFFSET + 10_000 * i
+        if spec.kind == "mixed":
+            return self.mixed_specs(base, spec)
         return [RequestSpec(base + j, 0.0, self._prompt(base + j, spec.input_tokens), spec.input_tokens,
                             spec.output_tokens) for j in range(spec.requests)]
+
+    def mixed_specs(self, base: int, spec: "FitRunSpec") -> list[RequestSpec]:
+        """A mixed run: ``concurrency`` background requests sent at once, then single prompts (2 output tokens)
+        every ``mixed_probe_gap_s`` from 1 s on, each at a random offset within a quarter gap (seeded), so they
+        land at every phase of the background's decode iterations."""
+        f = self.plan.fit
+        Lb, B = f.mixed_background_input_tokens, spec.concurrency
+        specs = [RequestSpec(base + j, 0.0, self._prompt(base + j, Lb), Lb, spec.output_tokens) for j in range(B)]
+        jitter = np.random.default_rng([self.plan.burst.seed, base]).uniform(0.0, f.mixed_probe_gap_s / 4, f.mixed_probes)
+        for k in range(f.mixed_probes):
+            idx = base + B + k
+            specs.append(RequestSpec(idx, 1.0 + k * f.mixed_probe_gap_s + float(jitter[k]),
+                                     self._prompt(idx, spec.input_tokens), spec.input_tokens, MIXED_PROBE_OUTPUT_TOKENS))
+        return specs
 
     def replay_specs(self, replay) -> list[RequestSpec]:
         reqs = replay_requests(replay)
@@ -265,7 +290,7 @@ class EntryRunner:
 
     def measure(self, key: PointKey, specs: Sequence[RequestSpec], qps: float | None = None,
                 concurrency: int | None = None, input_tokens: int | None = None,
-                output_tokens: int | None = None) -> StoredPoint:
+                output_tokens: int | None = None, open_loop: bool = False) -> StoredPoint:
         stored = self.db.get_point(key)
         if stored is not None and stored.status in ("done", "failed"):
             self.skipped += 1
@@ -285,7 +310,7 @@ class EntryRunner:
             e0 = self.meter.read_j()
             t0 = time.perf_counter()
             try:
-                if concurrency is None:
+                if concurrency is None or open_loop:
                     records = run_open_loop(endpoint, specs, self.supervisor.monitor)
                 else:
                     records = run_closed_loop(endpoint, specs, concurrency, self.supervisor.monitor)
@@ -398,7 +423,8 @@ class EntryRunner:
         for i, spec in enumerate(runs):
             specs = self.fit_specs(i, spec)
             self.measure(PointKey(self.entry.name, "", "fit", spec.key), specs, concurrency=spec.concurrency,
-                         input_tokens=spec.input_tokens, output_tokens=spec.output_tokens)
+                         input_tokens=spec.input_tokens, output_tokens=spec.output_tokens,
+                         open_loop=spec.kind == "mixed")
             report.fit_runs += 1
 
     def run_prefix_probe(self) -> None:

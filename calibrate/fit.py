@@ -116,6 +116,9 @@ def observations(runs: Sequence[FitRun], window: tuple[float, float] = (0.25, 0.
     """
     obs: list[Observation] = []
     for run in runs:
+        if run.kind == "mixed":
+            obs += mixed_observations(run)
+            continue
         good = [r for r in run.records if _usable(r, run.output_tokens)]
         if not good:
             continue
@@ -140,6 +143,48 @@ def observations(runs: Sequence[FitRun], window: tuple[float, float] = (0.25, 0.
     return obs
 
 
+MIXED_WARMUP_PROBES = 4  # a mixed run's first probes meet batch shapes the engine has not seen (CUDA-graph capture)
+MIXED_MATCH_S = 0.005  # a background token this close to a probe's first token ended the same iteration
+
+
+def mixed_observations(run: FitRun) -> list[Observation]:
+    """Mixed iterations of a mixed run: a probe prompt (2 output tokens) is prefilled in one iteration with the
+    background's decode steps; its first token and the background's token of that iteration arrive together, and
+    the background's gap before that token is the iteration (median over background requests). Probes whose first
+    token came in the same iteration were prefilled together, probes making their second token decoded in it.
+    The first ``MIXED_WARMUP_PROBES`` probes are left out (first-use costs of new shapes)."""
+    background = [r for r in run.records if _usable(r, run.output_tokens)]
+    probes = sorted((r for r in run.records if r.ok and r.output_tokens == 2), key=lambda r: r.send_s)
+    obs: list[Observation] = []
+    if not background:
+        return obs
+    times = [np.asarray(r.token_times_s) for r in background]
+    seen: list[float] = []
+    for probe in probes[MIXED_WARMUP_PROBES:]:
+        first = probe.first_token_s
+        if any(abs(first - t) <= MIXED_MATCH_S for t in seen):
+            continue  # an iteration already observed
+        seen.append(first)
+        gaps, kv = [], 0.0
+        for r, t in zip(background, times):
+            j = int(np.argmin(np.abs(t - first)))
+            if j >= 1 and abs(t[j] - first) <= MIXED_MATCH_S:
+                gaps.append(t[j] - t[j - 1])
+                kv += r.prompt_tokens + j
+        if len(gaps) * 2 < len(background):  # the background was not all decoding in that iteration
+            continue
+        prefilled = [q for q in probes if abs(q.first_token_s - first) <= MIXED_MATCH_S]
+        decoding = [q for q in probes if len(q.token_times_s) > 1 and abs(q.token_times_s[1] - first) <= MIXED_MATCH_S]
+        B = len(background)
+        decoders = B + len(decoding)
+        prefill = sum(q.prompt_tokens for q in prefilled)
+        kv_all = kv * B / len(gaps) + sum(q.prompt_tokens + 1 for q in decoding)
+        obs.append(Observation("mixed", decoders + len(prefilled), decoders + prefill, kv_all, prefill,
+                               float(sum(q.prompt_tokens ** 2 for q in prefilled)), float(np.median(gaps)),
+                               run.label))
+    return obs
+
+
 @dataclass(frozen=True)
 class KvPadding:
     """The engine's KV padding (static shapes): interval in tokens (0: none) and the cap (its KV capacity)."""
@@ -160,15 +205,22 @@ NO_PADDING = KvPadding()
 def _design(obs: Sequence[Observation], kink: float, padding: KvPadding = NO_PADDING) -> np.ndarray:
     """Columns: overhead, weights, K (per-request constant of a prefill: per_seq_s + request overhead),
     P (prefill slope: per_token_s + per_prefill_token_s), prefill_attn, a (decode slope: per_seq_s +
-    per_token_s), per_kv_token, per_padded_kv_token (all zero without padding)."""
+    per_token_s), per_kv_token, per_padded_kv_token (all zero without padding), and, when there are mixed
+    observations, M (what a mixed iteration costs beyond the sum of its parts: ``mixed_overhead_s`` plus the new
+    sequence's ``per_seq_s``)."""
+    mixed = any(o.group == "mixed" for o in obs)
     rows = []
     for o in obs:
         weights_coef = max(1.0, o.n_tok / kink) if math.isfinite(kink) else 1.0
         padded = padding.padded(o.kv_tokens)
         if o.group == "prefill":
-            rows.append([1.0, weights_coef, 1.0, o.prefill_tokens, o.prefill_sq_tokens, 0.0, 0.0, padded])
+            row = [1.0, weights_coef, 1.0, o.prefill_tokens, o.prefill_sq_tokens, 0.0, 0.0, padded]
+        elif o.group == "mixed":
+            decoders = o.n_tok - o.prefill_tokens
+            row = [1.0, weights_coef, 0.0, o.prefill_tokens, o.prefill_sq_tokens, decoders, o.kv_tokens, padded]
         else:
-            rows.append([1.0, weights_coef, 0.0, 0.0, 0.0, o.n_seq, o.kv_tokens, padded])
+            row = [1.0, weights_coef, 0.0, 0.0, 0.0, o.n_seq, o.kv_tokens, padded]
+        rows.append(row + ([1.0 if o.group == "mixed" else 0.0] if mixed else []))
     return np.array(rows, dtype=float)
 
 
@@ -211,7 +263,7 @@ def fit_time_model(obs: Sequence[Observation], kink_grid: int = 120,
 def _fit_time_model(obs: Sequence[Observation], kink_grid: int, padding: KvPadding
                     ) -> tuple[np.ndarray, float | None, list[str]]:
     groups = {o.group for o in obs}
-    if groups != {"prefill", "decode"}:
+    if not {"prefill", "decode"} <= groups:
         raise ValueError(f"the fit needs both prefill and decode observations, got {sorted(groups)}")
     prefill_L = sorted({o.prefill_tokens for o in obs if o.group == "prefill"})
     if len(prefill_L) < 3:
@@ -257,7 +309,8 @@ def split_slopes(x: np.ndarray) -> tuple[dict[str, float], float, list[str]]:
     cost are seen, and that last one only together with the request overhead outside the engine (K). The
     split taken is the smallest ``per_seq_s`` the data allow: ``per_token_s = min(a, P)``.
     """
-    overhead, weights, K, P, attn, a, per_kv, per_padded = (float(v) for v in x)
+    overhead, weights, K, P, attn, a, per_kv, per_padded = (float(v) for v in x[:8])
+    mixed = float(x[8]) if len(x) > 8 else 0.0
     notes = []
     per_token = min(a, P)
     per_seq = a - per_token
@@ -268,6 +321,11 @@ def split_slopes(x: np.ndarray) -> tuple[dict[str, float], float, list[str]]:
     fields = {"overhead_s": overhead, "weights_s": weights, "per_seq_s": per_seq, "per_token_s": per_token,
               "per_prefill_token_s": max(P - per_token, 0.0), "prefill_attn_s": attn, "per_kv_token_s": per_kv,
               "per_padded_kv_token_s": per_padded}
+    if len(x) > 8:  # mixed runs measured: M = per_seq_s + mixed_overhead_s
+        fields["mixed_overhead_s"] = max(mixed - per_seq, 0.0)
+        notes.append(f"mixed iterations (prompts prefilled while others decode) cost {mixed * 1e3:.2f} ms beyond the "
+                     f"sum of their prefill and decode parts, measured by the mixed fit runs: mixed_overhead_s = "
+                     f"{fields['mixed_overhead_s'] * 1e3:.2f} ms")
     return fields, K - per_seq, notes
 
 

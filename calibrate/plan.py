@@ -124,6 +124,15 @@ class FitSpec:
     decode_input_tokens: tuple[int, ...] = (128, 1024)
     decode_output_tokens: int = 64
     decode_rounds: int = 2
+    # Mixed runs: ``c`` background clients decode (prompt ``mixed_background_input_tokens``, output
+    # ``mixed_background_output_tokens``) while ``mixed_probes`` prompts of each ``mixed_input_tokens`` length arrive
+    # one at a time, ``mixed_probe_gap_s`` apart: the background's token gaps time the mixed iterations.
+    mixed_concurrency: tuple[int, ...] = ()
+    mixed_input_tokens: tuple[int, ...] = ()
+    mixed_background_input_tokens: int = 128
+    mixed_background_output_tokens: int = 320
+    mixed_probes: int = 16
+    mixed_probe_gap_s: float = 0.45
 
 
 @dataclass(frozen=True)
@@ -243,8 +252,9 @@ class Plan:
         is version 1, which ``calibrate.db.ResultsDB`` migrates."""
         engine = {k: v for k, v in _plain(self.engine).items() if k not in STATEMENT_FIELDS}
         entry_data = {k: v for k, v in _plain(entry).items() if k not in STATEMENT_FIELDS}
+        fit = {k: v for k, v in _plain(self.fit).items() if not k.startswith("mixed_")}
         data = {"fingerprint": 2, "entry": entry_data, "engine": engine, "burst": _plain(self.burst),
-                "fit": _plain(self.fit), "energy": _plain(self.energy)}
+                "fit": fit, "energy": _plain(self.energy)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def legacy_entry_fingerprint(self, entry: PlanEntry, engine_capacity: Mapping | None = None) -> str:
@@ -431,7 +441,8 @@ def plan_from_mapping(data: Mapping, base_dir: Path | None = None) -> Plan:
         burst=_build(BurstSpec, values.get("burst"), "plan.burst"),
         fit=_build(FitSpec, values.get("fit"), "plan.fit",
                    {"prefill_input_tokens": _tuple_of(_int), "decode_concurrency": _tuple_of(_int),
-                    "decode_input_tokens": _tuple_of(_int)}),
+                    "decode_input_tokens": _tuple_of(_int), "mixed_concurrency": _tuple_of(_int),
+                    "mixed_input_tokens": _tuple_of(_int)}),
         energy=_build(EnergySpec, values.get("energy"), "plan.energy"),
         quality=quality,
         max_attempts_per_point=_int(values.get("max_attempts_per_point", 2), "plan.max_attempts_per_point"),
@@ -548,6 +559,13 @@ def plan_problems(plan: Plan, handler, launch_checks: bool = True) -> list[str]:
             problems.append("plan.fit: decode_concurrency must be positive and decode_output_tokens >= 8")
         if not f.decode_input_tokens or min(f.decode_input_tokens) < 1 or f.decode_rounds < 1 or f.prefill_requests < 1:
             problems.append("plan.fit: decode_input_tokens, decode_rounds and prefill_requests must be positive")
+        if f.mixed_concurrency and (min(f.mixed_concurrency) < 1 or not f.mixed_input_tokens
+                                    or min(f.mixed_input_tokens) < 1 or f.mixed_probes < 5
+                                    or not f.mixed_probe_gap_s > 0 or f.mixed_background_input_tokens < 1
+                                    or f.mixed_background_output_tokens < 16):
+            problems.append("plan.fit: mixed runs need positive mixed_concurrency and mixed_input_tokens, mixed_probes "
+                            ">= 5, mixed_probe_gap_s > 0, mixed_background_input_tokens >= 1 and "
+                            "mixed_background_output_tokens >= 16")
     e = plan.engine
     if not str(e.version).strip():
         problems.append("plan.engine.version: empty; measured provenance needs the engine version")

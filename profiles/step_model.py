@@ -6,7 +6,7 @@ with additive overheads::
 
     t = overhead_s + per_seq_s*n_seq + per_token_s*n_tok + max(weights_s, flop_token_s*n_tok)
         + per_kv_token_s*kv_tokens + per_prefill_token_s*prefill_tokens + prefill_attn_s*sum(L^2)
-        + per_padded_kv_token_s*padded(kv_tokens)
+        + per_padded_kv_token_s*padded(kv_tokens) + mixed_overhead_s*[prompts and decodes together]
 
 ``max(weights_s, flop_token_s*n_tok)`` is the linear layers: bound by streaming the weights once
 (small batches) or by tensor-core throughput (large prefills). ``kv_tokens`` is the KV cache the
@@ -45,8 +45,9 @@ TIME_FIELDS = (
 POWER_FIELDS = ("idle_w", "active_w", "flop_token_j", "per_kv_token_j", "weights_j", "max_power_w")
 CAPACITY_FIELDS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
 # Optional engine-shape fields (absent from a profile: the default, which turns the behaviour off).
-OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s")
-OPTIONAL_DEFAULTS = {"kv_pad_tokens": 0, "per_padded_kv_token_s": 0.0, "admission_lead_per_seq_s": 0.0}
+OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s", "mixed_overhead_s")
+OPTIONAL_DEFAULTS = {"kv_pad_tokens": 0, "per_padded_kv_token_s": 0.0, "admission_lead_per_seq_s": 0.0,
+                     "mixed_overhead_s": 0.0}
 INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens",)
 
 
@@ -80,6 +81,9 @@ class StepModel:
     # The instance's admission decision precedes an iteration's end by this much per sequence of the
     # iteration (a Python engine's host work, during which its front-end cannot enqueue); see sim.instance.
     admission_lead_per_seq_s: float = 0.0
+    # Extra time of an iteration that runs prompts and decode steps together (a mixed batch): an engine whose
+    # single-prompt prefill takes a faster path than a mixed batch (masks, other kernels) pays it; 0 = additive.
+    mixed_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -130,6 +134,7 @@ class StepModel:
             + self.per_prefill_token_s * prefill_tokens
             + self.prefill_attn_s * prefill_sq_tokens
             + (self.per_padded_kv_token_s * self.padded_kv(kv_tokens) if self.kv_pad_tokens > 0 else 0.0)
+            + (self.mixed_overhead_s if prefill_tokens and n_tok > prefill_tokens else 0.0)
         )
 
     def iteration_j(self, duration_s: float, n_tok: int, kv_tokens: float) -> float:
