@@ -252,10 +252,13 @@ class Plan:
         is version 1, which ``calibrate.db.ResultsDB`` migrates."""
         engine = {k: v for k, v in _plain(self.engine).items() if k not in STATEMENT_FIELDS}
         entry_data = {k: v for k, v in _plain(entry).items() if k not in STATEMENT_FIELDS}
-        fit = {k: v for k, v in _plain(self.fit).items() if not k.startswith("mixed_")}
         data = {"fingerprint": 2, "entry": entry_data, "engine": engine, "burst": _plain(self.burst),
-                "fit": fit, "energy": _plain(self.energy)}
+                "fit": self._fit_fingerprint(), "energy": _plain(self.energy)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _fit_fingerprint(self) -> dict:
+        """The fit settings that shape measurements: not the mixed runs, which only add points of their own."""
+        return {k: v for k, v in _plain(self.fit).items() if not k.startswith("mixed_")}
 
     def legacy_entry_fingerprint(self, entry: PlanEntry, engine_capacity: Mapping | None = None) -> str:
         """Version 1 of the fingerprint (qfleet before stated capacities): it hashed ``engine.capacity`` (here
@@ -264,7 +267,7 @@ class Plan:
         engine["capacity"] = _plain(dict(engine_capacity if engine_capacity is not None else self.engine.capacity))
         entry_data = {k: v for k, v in _plain(entry).items() if k not in STATEMENT_FIELDS}
         data = {"entry": entry_data, "engine": engine, "burst": _plain(self.burst),
-                "fit": _plain(self.fit), "energy": _plain(self.energy)}
+                "fit": self._fit_fingerprint(), "energy": _plain(self.energy)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def legacy_fingerprints(self, stored_plan: Mapping | None) -> dict[str, str]:

@@ -98,7 +98,7 @@ def test_the_measured_h200_profile_passes_and_records_its_checks(tmp_path):
     plan = plan_from_mapping(data)
     export_only(plan, make_handler(plan.engine), lambda line: None, "test")
     manifest = json.loads((tmp_path / "profile" / "manifest.json").read_text())
-    assert manifest["physics"]["violations"] == [] and manifest["physics"]["checked_points"] == 48
+    assert manifest["physics"]["violations"] == [] and manifest["physics"]["checked_points"] == 55
     assert manifest["prefix_caching"]["llama2-7b-bf16-tp1"]["detected"] is True
 
 
