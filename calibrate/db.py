@@ -110,6 +110,7 @@ class StoredPoint:
     launch: int | None
     started_at: float | None
     finished_at: float | None
+    run_id: int | None = None  # the qfleet-calibrate invocation (one engine launch sequence) that measured it
 
 
 def qps_key(qps: float) -> str:
@@ -265,13 +266,13 @@ class ResultsDB:
     def get_point(self, key: PointKey) -> StoredPoint | None:
         row = self.conn.execute(
             "SELECT id, status, attempt, qps, concurrency, input_tokens, output_tokens, result_json, energy_j, "
-            "window_s, error, launch, started_at, finished_at FROM points "
+            "window_s, error, launch, started_at, finished_at, run_id FROM points "
             "WHERE plan_name=? AND entry=? AND workload=? AND phase=? AND point_key=?",
             (self.plan_name, key.entry, key.workload, key.phase, key.point_key)).fetchone()
         if row is None:
             return None
         return StoredPoint(row[0], key, row[1], row[2], row[3], row[4], row[5], row[6], _result_from(row[7]),
-                           row[8], row[9], row[10], row[11], row[12], row[13])
+                           row[8], row[9], row[10], row[11], row[12], row[13], row[14])
 
     def begin_point(self, key: PointKey, run_id: int, launch: int, qps: float | None = None,
                     concurrency: int | None = None, input_tokens: int | None = None,

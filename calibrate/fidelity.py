@@ -160,7 +160,7 @@ class Replayed:
 def replay_point(step: StepModel, request_overhead_s: float, qps: float, records: Sequence[RequestRecord],
                  energy_j: float | None = None, window_s: float | None = None,
                  prefixes: dict[int, tuple[int, int]] | None = None,
-                 prefix_cache: PrefixCacheSettings | None = None) -> Replayed | None:
+                 prefix_cache: PrefixCacheSettings | None = None, graphs: set | None = None) -> Replayed | None:
     """Replay a measured point's requests through one simulated instance.
 
     Times are those of the load generator (send times from its start); requests reach the instance
@@ -168,7 +168,8 @@ def replay_point(step: StepModel, request_overhead_s: float, qps: float, records
     iteration energy, plus ``idle_w`` for the rest of the simulated run, plus ``idle_w`` for the part of the
     measured window after the last token (``window_s`` minus the last measured finish). ``prefixes`` maps a
     request's index to (shared-prefix id, prefix tokens) for replays that share prefixes on purpose; with
-    ``prefix_cache`` the simulated instance reuses them as the engine's prefix cache does."""
+    ``prefix_cache`` the simulated instance reuses them as the engine's prefix cache does. ``graphs``: the CUDA
+    graphs the engine had captured before this point (updated with the point's own)."""
     recs = sorted((r for r in records if r.ok), key=lambda r: r.send_s)
     if len(recs) < 2:
         return None
@@ -186,7 +187,7 @@ def replay_point(step: StepModel, request_overhead_s: float, qps: float, records
         prefix_tokens = np.minimum(np.array([t for _, t in pairs], dtype=np.int64), inp)
     table = RequestTable(Trace(arrival, inp, out, np.zeros(len(recs), dtype=np.int64), ("replay",), "replay",
                                prefix_id, prefix_tokens))
-    instance = replay_single_instance(step, table, prefix_cache=prefix_cache)
+    instance = replay_single_instance(step, table, prefix_cache=prefix_cache, graphs=graphs)
     first_s = np.array(table.first_token_s) + origin
     finish_s = np.array(table.finish_s) + origin
     rejected = sum(1 for s in table.status if s != 1)
@@ -206,8 +207,8 @@ def replay_point(step: StepModel, request_overhead_s: float, qps: float, records
 def point_row(entry: PlanEntry, workload: str, phase: str, point: str, qps: float, records: Sequence[RequestRecord],
               step: StepModel, request_overhead_s: float, energy_j: float | None, window_s: float | None,
               with_ks: bool = False, prefixes: dict[int, tuple[int, int]] | None = None,
-              prefix_cache: PrefixCacheSettings | None = None) -> PointRow | None:
-    rep = replay_point(step, request_overhead_s, qps, records, energy_j, window_s, prefixes, prefix_cache)
+              prefix_cache: PrefixCacheSettings | None = None, graphs: set | None = None) -> PointRow | None:
+    rep = replay_point(step, request_overhead_s, qps, records, energy_j, window_s, prefixes, prefix_cache, graphs)
     if rep is None:
         return None
     ks, samples = {}, {}
@@ -236,25 +237,39 @@ def _replay_qps(records: Sequence[RequestRecord]) -> float:
 
 
 def entry_rows(plan: Plan, db: ResultsDB, entry: PlanEntry, fit: StepFit) -> tuple[list[PointRow], list[MissingReplay]]:
+    """Every held-out sweep point and replay, replayed through the simulated instance. Points are replayed in the
+    order the engine measured them, per qfleet-calibrate invocation (one engine launch), so CUDA graphs the engine
+    captured in earlier points (fit runs, search bursts) are already there when a later point replays."""
     rows: list[PointRow] = []
-    for p in db.points(entry=entry.name, phase="sweep", status="done"):
-        row = point_row(entry, p.key.workload, "sweep", p.key.point_key, float(p.qps), db.requests(p.id), fit.step,
-                        fit.request_overhead_s, p.energy_j, p.window_s)
-        if row is not None:
-            rows.append(row)
     missing: list[MissingReplay] = []
-    stored = {p.key.point_key: p for p in db.points(entry=entry.name, phase="replay")}
-    for name in dict.fromkeys([r.name for r in plan.replays_for(entry)] + list(stored)):
-        p = stored.get(name)
+    replays = {r.name: r for r in plan.replays_for(entry)}
+    stored_replays = {p.key.point_key: p for p in db.points(entry=entry.name, phase="replay")}
+    for name in dict.fromkeys(list(replays) + list(stored_replays)):
+        p = stored_replays.get(name)
         if p is None:
             missing.append(MissingReplay(entry.name, name, "not in the database", "never measured"))
-            continue
-        if p.status != "done":
+        elif p.status != "done":
             missing.append(MissingReplay(entry.name, name, p.status,
                                          f"{p.attempt} attempt(s); last error: {(p.error or 'none recorded')[:160]}"))
+    capture = fit.step.graph_capture_s > 0.0
+    points = sorted(db.points(entry=entry.name, status="done"), key=lambda p: (p.run_id or 0, p.started_at or 0.0))
+    graphs: dict[int, set] = {}
+    for p in points:
+        phase = p.key.phase
+        warm = graphs.setdefault(p.run_id or 0, set()) if capture else None
+        if phase not in ("sweep", "replay"):
+            if capture:  # what the engine captured in this point stays captured for the later ones
+                replay_point(fit.step, fit.request_overhead_s, 0.0, db.requests(p.id), graphs=warm)
             continue
         records = db.requests(p.id)
-        spec = next((r for r in plan.replays_for(entry) if r.name == name), None)
+        if phase == "sweep":
+            row = point_row(entry, p.key.workload, "sweep", p.key.point_key, float(p.qps), records, fit.step,
+                            fit.request_overhead_s, p.energy_j, p.window_s, graphs=warm)
+            if row is not None:
+                rows.append(row)
+            continue
+        name = p.key.point_key
+        spec = replays.get(name)
         prefixes = replay_prefixes(spec) if spec is not None and spec.shared_prefix is not None else None
         cache = None
         if prefixes:
@@ -263,14 +278,15 @@ def entry_rows(plan: Plan, db: ResultsDB, entry: PlanEntry, fit: StepFit) -> tup
             if cache is None:
                 missing.append(MissingReplay(entry.name, name, "done", "shares prefixes on purpose, but the plan "
                                              "states no scheduling.prefix_block_tokens: simulated without a cache"))
+        before = set(warm) if warm is not None else None
         row = point_row(entry, p.key.workload, "replay", name, _replay_qps(records), records, fit.step,
                         fit.request_overhead_s, p.energy_j, p.window_s, with_ks=True, prefixes=prefixes,
-                        prefix_cache=cache)
+                        prefix_cache=cache, graphs=warm)
         if row is not None:
             rows.append(row)
         if cache is not None:  # what the same replay looks like to a simulator without the engine's prefix cache
             off = point_row(entry, p.key.workload, "replay-no-prefix-cache", name, _replay_qps(records), records,
-                            fit.step, fit.request_overhead_s, p.energy_j, p.window_s, with_ks=True)
+                            fit.step, fit.request_overhead_s, p.energy_j, p.window_s, with_ks=True, graphs=before)
             if off is not None:
                 rows.append(off)
     return rows, missing
@@ -300,7 +316,8 @@ def _variants(stated: dict) -> dict[str, dict | None]:
         "capacity = largest fit run (lower bound), linear KV, admission at the boundary": None,
         "+ the engine's capacity (stated in the plan)": dict(cap),
         "+ KV padded to 16,384-token CUDA-graph shapes": {**cap, "kv_pad_tokens": stated.get("kv_pad_tokens", 0)},
-        "+ host admission (final)": dict(stated),
+        "+ host admission": {k: v for k, v in stated.items() if k != "graph_q_pad_tokens"},
+        "+ CUDA-graph capture of new shapes (final)": dict(stated),
     }
 
 
@@ -329,10 +346,8 @@ def fidelity_report(plan: Plan, db: ResultsDB, saturation: bool = True, ablation
         if ablation:
             for name, variant in _variants(stated).items():
                 vfit = fit if variant == stated else fit_only(db, entry, variant or {}, source)[0]
-                vrows = [point_row(entry, p.key.workload, "sweep", p.key.point_key, float(p.qps), db.requests(p.id),
-                                   vfit.step, vfit.request_overhead_s, p.energy_j, p.window_s)
-                         for p in db.points(entry=entry.name, phase="sweep", status="done")]
-                ablation_rows.setdefault(name, []).extend(x for x in vrows if x is not None)
+                vrows = [r for r in entry_rows(plan, db, entry, vfit)[0] if r.phase == "sweep"]
+                ablation_rows.setdefault(name, []).extend(vrows)
     abl = {name: {"median": {m: _median([r.ape_pct.get(m, math.nan) for r in vr]) for m in METRICS},
                   "mape": {m: _mean([r.ape_pct.get(m, math.nan) for r in vr]) for m in METRICS},
                   "max": {m: max((r.ape_pct[m] for r in vr if math.isfinite(r.ape_pct[m])), default=math.nan)

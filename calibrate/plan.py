@@ -295,8 +295,11 @@ CAPACITY_KEYS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
 # Engine facts the simulator models (profiles.step_model): the KV padding interval of static (CUDA-graph)
 # shapes, whether admission waits for the host-side per-sequence work (a Python engine sharing its
 # interpreter with the HTTP front-end), and the block size of its prefix cache (only whole blocks are reused;
-# sim.prefix_cache), used where a plan replays prompts that share prefixes on purpose.
-SCHEDULING_KEYS = {"kv_pad_tokens": int, "host_admission": bool, "prefix_block_tokens": int}
+# sim.prefix_cache), used where a plan replays prompts that share prefixes on purpose, and the token padding of
+# CUDA-graph shapes (a new padded shape is captured once: StepModel.graph_capture_s, fitted from the first
+# request of each prefill run).
+SCHEDULING_KEYS = {"kv_pad_tokens": int, "host_admission": bool, "prefix_block_tokens": int,
+                   "graph_q_pad_tokens": int}
 
 
 def _plain(value: Any) -> Any:

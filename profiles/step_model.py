@@ -45,10 +45,11 @@ TIME_FIELDS = (
 POWER_FIELDS = ("idle_w", "active_w", "flop_token_j", "per_kv_token_j", "weights_j", "max_power_w")
 CAPACITY_FIELDS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
 # Optional engine-shape fields (absent from a profile: the default, which turns the behaviour off).
-OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s", "mixed_overhead_s")
+OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s", "mixed_overhead_s",
+                   "graph_q_pad_tokens", "graph_capture_s")
 OPTIONAL_DEFAULTS = {"kv_pad_tokens": 0, "per_padded_kv_token_s": 0.0, "admission_lead_per_seq_s": 0.0,
-                     "mixed_overhead_s": 0.0}
-INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens",)
+                     "mixed_overhead_s": 0.0, "graph_q_pad_tokens": 0, "graph_capture_s": 0.0}
+INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens", "graph_q_pad_tokens")
 
 
 class StepModelError(ValueError):
@@ -84,6 +85,11 @@ class StepModel:
     # Extra time of an iteration that runs prompts and decode steps together (a mixed batch): an engine whose
     # single-prompt prefill takes a faster path than a mixed batch (masks, other kernels) pays it; 0 = additive.
     mixed_overhead_s: float = 0.0
+    # CUDA-graph capture: an engine with static shapes pads an iteration's tokens to multiples of
+    # ``graph_q_pad_tokens`` (and its KV read to ``kv_pad_tokens``) and captures a graph the first time a padded
+    # shape is seen, which costs ``graph_capture_s`` once per replica and shape (0: no capture modelled).
+    graph_q_pad_tokens: int = 0
+    graph_capture_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,6 +112,11 @@ class StepModel:
             raise StepModelError(f"step model field 'kv_pad_tokens' must be a whole number, got {self.kv_pad_tokens!r}")
 
     # --- padding ---------------------------------------------------------------------------------
+
+    def graph_shape(self, n_tok: int, kv_tokens: float) -> tuple[int, float]:
+        """The padded (tokens, KV) shape of an iteration, the key of its captured CUDA graph."""
+        q = self.graph_q_pad_tokens
+        return (-(-n_tok // q) if q > 0 else n_tok, self.padded_kv(kv_tokens))
 
     def padded_kv(self, kv_tokens: float) -> float:
         """The KV tokens an iteration processes once padded to the engine's static shapes (0 without padding)."""

@@ -83,7 +83,7 @@ class Instance:
         "_heap", "_kv_offset", "_kv_reserved", "_iteration", "_energy_per_token_j",
         "_op", "_cuttable", "_new", "_op_batch", "_op_i", "_op_kv0", "_op_k", "_op_start", "_op_s", "_op_j",
         "_op_tokens", "_op_nseq", "prefix_cache",
-        "fit_domain", "_fit_max_batch", "batch_extrapolated", "batch_only_extrapolated",
+        "fit_domain", "_fit_max_batch", "batch_extrapolated", "batch_only_extrapolated", "_graphs",
     )
 
     def __init__(
@@ -99,6 +99,7 @@ class Instance:
         on_release: Callable[["Instance"], None] | None = None,
         prefix_cache: PrefixCacheSettings | None = None,
         fit_domain: FitDomain = UNKNOWN_DOMAIN,
+        graphs: set | None = None,
     ):
         self.instance_id = instance_id
         self.label = label
@@ -140,6 +141,11 @@ class Instance:
         self._op_tokens = 0
         self._op_nseq = 0  # sequences of the iteration(s) in flight: sets the admission lead
         self.prefix_cache = PrefixCache(prefix_cache) if prefix_cache is not None else None
+        # padded shapes whose CUDA graph this replica has captured (None: capture not modelled); ``graphs`` hands in
+        # (and keeps updating) the set of an engine that has already run, e.g. earlier bursts of one launch
+        self._graphs: set | None = None
+        if step.graph_capture_s > 0.0:
+            self._graphs = graphs if graphs is not None else set()
         self.fit_domain = fit_domain
         self._fit_max_batch = fit_domain.max_batch or 0  # 0: unknown, nothing counted
         self.batch_extrapolated = 0  # requests admitted into a batch larger than the fit's largest
@@ -367,6 +373,8 @@ class Instance:
                     n_tok = batch + prefill
                     kv = kv_offset + batch * iteration
                     duration = step.iteration_s(batch + len(new), n_tok, kv, prefill, prefill_sq)
+                    if self._graphs is not None:
+                        duration += self._capture_s(n_tok, kv)
                     self._op_j = step.iteration_j(duration, n_tok, kv)
                     self._op_s = duration
                     self._op_i = iteration
@@ -417,6 +425,15 @@ class Instance:
         self.outstanding = outstanding
         if released:
             self.release(now)
+
+    def _capture_s(self, n_tok: int, kv: float) -> float:
+        """CUDA-graph capture: the first iteration with prompts that meets a padded shape pays ``graph_capture_s``
+        (decode-only stretches are not charged: their few shapes are captured in an engine's first seconds)."""
+        shape = self.step.graph_shape(n_tok, kv)
+        if shape in self._graphs:
+            return 0.0
+        self._graphs.add(shape)
+        return self.step.graph_capture_s
 
     # --- prefix caching (sim.prefix_cache) -------------------------------------------------------
 
@@ -477,10 +494,12 @@ class Instance:
 
 
 def replay_single_instance(step: StepModel, requests: RequestTable,
-                           prefix_cache: PrefixCacheSettings | None = None) -> Instance:
+                           prefix_cache: PrefixCacheSettings | None = None, graphs: set | None = None) -> Instance:
     """Run every request of a table through one always-ready instance (with a prefix cache of these settings,
-    if given); for probes, calibration replays and tests."""
-    instance = Instance(0, "single", 1, step, requests, alloc_s=0.0, ready_s=0.0, prefix_cache=prefix_cache)
+    if given; with the CUDA graphs of ``graphs`` already captured, and the set updated); for probes,
+    calibration replays and tests."""
+    instance = Instance(0, "single", 1, step, requests, alloc_s=0.0, ready_s=0.0, prefix_cache=prefix_cache,
+                        graphs=graphs)
     arrivals = requests.arrival_s
     now = 0.0
     for rid in range(requests.n):

@@ -91,6 +91,7 @@ def replay_instance(
     busy_j = 0.0
     last_n_seq = 0  # sequences of the iteration that just ended (0 when the engine was idle)
     lead = step.admission_lead_per_seq_s
+    graphs: set[tuple] = set()  # padded shapes whose CUDA graph is captured
     while nxt < n or waiting or running:
         if not waiting and not running:
             now = max(now, float(arrival_s[nxt]))
@@ -132,6 +133,11 @@ def replay_instance(
         n_tok = batch + prefill
         last_n_seq = batch + len(new)
         duration = step.iteration_s(batch + len(new), n_tok, kv, prefill, prefill_sq)
+        if new and step.graph_capture_s > 0.0:  # the first iteration with prompts of a padded shape captures it
+            shape = step.graph_shape(n_tok, kv)
+            if shape not in graphs:
+                graphs.add(shape)
+                duration += step.graph_capture_s
         busy_j += step.iteration_j(duration, n_tok, kv)
         busy_s += duration
         now += duration

@@ -210,3 +210,22 @@ def test_mixed_runs_recover_what_a_mixed_iteration_costs_beyond_its_parts():
         assert getattr(fit.step, name) == pytest.approx(getattr(TRUE, name), rel=0.02), name
     assert fit.mape_pct["mixed"] < 0.5
     assert any("mixed_overhead_s = 6.00 ms" in n for n in fit.notes)
+
+
+def test_graph_capture_is_the_first_request_extra_of_each_prefill_run():
+    """Prefill runs whose first request paid an 80 ms capture: the fit gives back 80 ms when the plan states
+    padded shapes, and nothing is fitted when it does not."""
+    runs = []
+    for run in design(TRUE):
+        if run.kind == "prefill":
+            first, *rest = run.records
+            first = RequestRecord(first.index, first.send_s, first.first_token_s + 0.08, first.finish_s + 0.08,
+                                  tuple(t + 0.08 for t in first.token_times_s), first.input_tokens,
+                                  first.output_tokens, first.prompt_tokens, first.completion_tokens)
+            run = FitRun(run.kind, run.concurrency, run.input_tokens, run.output_tokens, (first, *rest))
+        runs.append(run)
+    cap = {"kv_capacity_tokens": 16000, "max_batch": 16, "max_num_tokens": 2048}
+    fit = fit_step_model(runs, cap, stated_capacity={"graph_q_pad_tokens": 64})
+    assert fit.step.graph_capture_s == pytest.approx(0.08, abs=1e-6) and fit.step.graph_q_pad_tokens == 64
+    assert fit.step.overhead_s == pytest.approx(TRUE.overhead_s, rel=0.02)  # the lower quartile ignores the first
+    assert fit_step_model(runs, cap).step.graph_capture_s == 0.0
