@@ -142,17 +142,7 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _token_column(frame: pd.DataFrame, line: np.ndarray, column: str, path: Path) -> np.ndarray:
     """Integer token counts >= 1; the first bad row is named."""
-    values = frame[column]
-    if not pd.api.types.is_integer_dtype(values.dtype):
-        numeric = pd.to_numeric(values, errors="coerce")
-        is_int = numeric.notna() & np.isfinite(numeric) & (numeric == np.round(numeric))
-        if not is_int.all():
-            i = int(np.argmax(~is_int.to_numpy()))
-            raise TraceError(
-                f"{path}: row {line[i]} column {column!r}: {_show(values.iloc[i])} is not an integer token count"
-            )
-        values = numeric
-    tokens = values.to_numpy(dtype=np.int64)
+    tokens = _integer_column(frame, line, column, path, "token count")
     bad = tokens < 1
     if bad.any():
         i = int(np.argmax(bad))
