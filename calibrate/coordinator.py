@@ -28,7 +28,7 @@ from calibrate.plan import Plan, PlanEntry
 from calibrate.physics import check_point, floors_for, shared_prefix_tokens
 from calibrate.prefix_probe import PROBE_OUTPUT_TOKENS, PROBE_ROLES, prefix_verdict, probe_prompts
 from calibrate.prompt_check import PromptSample, check_prompts, raise_if_bad
-from calibrate.prompts import PromptBuilder, load_tokenizer, stable_hash
+from calibrate.prompts import PromptBuilder, load_tokenizer
 from calibrate.quality_import import (QualityImportError, lm_eval_command, lm_eval_scores, opencompass_scores,
                                       run_lm_eval, task_rows)
 from calibrate.replay import point_prompt_base, replay_prompt_base, replay_requests

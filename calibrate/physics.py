@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from calibrate.loadgen import RequestRecord
-from profiles.catalog import kv_bytes_per_token, lookup_gpu, lookup_model, lookup_quant, weight_bytes  # noqa: F401
+from profiles.catalog import lookup_gpu, lookup_model, lookup_quant, weight_bytes
 from profiles.step_model import StepModel
 
 POWER_TOLERANCE = 0.05  # mean power may read this far below idle (counter resolution, idle drift)
