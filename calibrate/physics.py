@@ -8,10 +8,11 @@ on an H200, while 2 x 6.7e9 parameters x 7,435 tokens need at least ~100 ms at i
 
 Floors, from the catalog (``profiles.catalog``), for an entry's (gpu, model, quant, tp):
 
-* **prefill**: a request's first token needs ``2 * linear_params * computed_tokens / (peak FLOP/s * tp)``,
-  the GPU's dense peak in the precision the method's GEMMs compute in (``QuantMethod.activation``: FP16/BF16
-  for FP16 and weight-only methods, INT8 or FP8 for activation methods); attention FLOPs are left out, which
-  only lowers the floor. ``computed_tokens`` is the prompt (``usage.prompt_tokens``) minus the tokens a plan
+* **prefill**: a request's first token needs ``2 * (layer_params * computed_tokens + lm_head) / (peak FLOP/s * tp)``
+  (the LM head once: engines compute logits of the last token only), at the GPU's dense peak in the precision
+  the method's GEMMs compute in (``QuantMethod.activation``: FP16/BF16 for FP16 and weight-only methods, INT8
+  or FP8 for activation methods), and no less than reading every weight once; attention FLOPs are left out,
+  which only lowers the floor. ``computed_tokens`` is the prompt (``usage.prompt_tokens``) minus the tokens a plan
   shares on purpose (a shared-prefix replay's prefix); the prefix-caching probe's repeats are expected reuse
   and not checked;
 * **decode**: every decode iteration reads all weights, so a request's mean time per output token is at
@@ -45,14 +46,19 @@ PROBE_PHASE = "prefix-probe"
 class Floors:
     """The hardware floors of one entry; ``reason`` says why there are none (``unchecked``)."""
 
-    prefill_s_per_token: float = 0.0
-    decode_iteration_s: float = 0.0
+    prefill_s_per_token: float = 0.0  # the layers' GEMM FLOPs per prompt token at peak
+    prefill_fixed_s: float = 0.0  # the LM head's FLOPs, once per prefill (logits of the last token only)
+    decode_iteration_s: float = 0.0  # reading every weight once
     source: str = ""
     reason: str = ""
 
     @property
     def known(self) -> bool:
         return not self.reason
+
+    def prefill_s(self, tokens: int) -> float:
+        """A prefill of ``tokens`` computes at least their FLOPs and reads every weight once."""
+        return max(self.prefill_s_per_token * tokens + self.prefill_fixed_s, self.decode_iteration_s)
 
 
 def floors_for(gpu: str, model: str, quant: str, tp: int) -> Floors:
@@ -63,10 +69,12 @@ def floors_for(gpu: str, model: str, quant: str, tp: int) -> Floors:
     peak = {"fp16": g.fp16_tflops, "int8": g.int8_tops, "fp8": g.fp8_tflops or g.int8_tops}[q.activation]
     peak_flops = peak * 1e12 * tp
     bandwidth = g.memory_bandwidth_gbps * 1e9 * tp
-    return Floors(2.0 * m.linear_params / peak_flops, weight_bytes(m, q) / bandwidth,
-                  f"catalog: {g.name} {q.activation} dense peak {peak:.0f} TFLOP/s and {g.memory_bandwidth_gbps:.0f} GB/s "
-                  f"per GPU x tp={tp}; {m.name} {m.linear_params / 1e9:.2f} G linear params, {quant} weights "
-                  f"{weight_bytes(m, q) / 1e9:.2f} GB")
+    layer_params = m.layers * m.params_per_layer
+    lm_head = m.vocab * m.hidden
+    return Floors(2.0 * layer_params / peak_flops, 2.0 * lm_head / peak_flops, weight_bytes(m, q) / bandwidth,
+                  f"catalog: {g.name} {q.activation} dense peak {peak:.0f} TFLOP/s and {g.memory_bandwidth_gbps:.0f} "
+                  f"GB/s per GPU x tp={tp}; {m.name} {layer_params / 1e9:.2f} G layer params (+ LM head once), "
+                  f"{quant} weights {weight_bytes(m, q) / 1e9:.2f} GB")
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,7 @@ def check_point(floors: Floors, phase: str, records: Sequence[RequestRecord], en
     examples: list[int] = []
     for r in ok:
         computed = max(r.prompt_tokens - (shared_tokens(r.index) if shared_tokens else 0), 1)
-        floor_s = floors.prefill_s_per_token * computed
+        floor_s = floors.prefill_s(computed)
         ratio = (r.first_token_s - r.send_s) / floor_s
         worst_ttft = min(worst_ttft, ratio)
         bad = ratio < 1.0
@@ -158,7 +166,7 @@ def check_step_model(step: StepModel, floors: Floors, prompt_tokens: Sequence[in
     problems = []
     for L in sorted(set(int(x) for x in prompt_tokens)):
         t = step.iteration_s(1, L, 0.0, L, float(L * L))
-        floor = floors.prefill_s_per_token * L
+        floor = floors.prefill_s(L)
         if t < floor:
             problems.append(f"prefill of {L} tokens takes {t * 1e3:.1f} ms in the step model, below the floor "
                             f"{floor * 1e3:.1f} ms")

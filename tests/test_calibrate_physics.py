@@ -21,8 +21,9 @@ from profiles.step_model import StepModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "experiments" / "real_engine" / "plan_h200_distinct.json"
-# llama2-7b: 32 layers x (4 x 4096^2 + 3 x 4096 x 11008) + 32000 x 4096 linear parameters
-LINEAR = 32 * (4 * 4096 ** 2 + 3 * 4096 * 11008) + 32000 * 4096
+# llama2-7b: 32 layers x (4 x 4096^2 + 3 x 4096 x 11008) layer parameters, an LM head of 32000 x 4096
+LAYERS = 32 * (4 * 4096 ** 2 + 3 * 4096 * 11008)
+LM_HEAD = 32000 * 4096
 H200_PEAK = 1979e12 / 2  # BF16 dense: an FP16 model's GEMMs run on BF16 tensor cores
 
 
@@ -35,8 +36,9 @@ def record(index, ttft_s, tpot_s, prompt=1000, completion=10):
 def test_floors_of_llama2_7b_on_an_h200_by_hand():
     f = floors_for("h200-141gb", "llama2-7b", "fp16", 1)
     assert f.known
-    assert f.prefill_s_per_token * 1000 == pytest.approx(2 * LINEAR * 1000 / H200_PEAK, rel=1e-9)  # 13.4 ms
-    assert f.prefill_s_per_token * 7435 == pytest.approx(0.0993, abs=5e-4)  # the 7,435 tokens: >= 99 ms
+    assert f.prefill_s(1000) == pytest.approx(2 * (LAYERS * 1000 + LM_HEAD) / H200_PEAK, rel=1e-9)  # 13.1 ms
+    assert f.prefill_s(7435) == pytest.approx(0.0973, abs=5e-4)  # the 7,435 tokens: >= 97 ms
+    assert f.prefill_s(1) == f.decode_iteration_s  # one token: reading the weights is the floor
     fp8 = floors_for("h200-141gb", "llama2-7b", "w8a8-fp", 1)  # FP8 GEMMs: twice the peak, half the floor
     assert fp8.prefill_s_per_token == pytest.approx(f.prefill_s_per_token / 2)
     assert f.decode_iteration_s == pytest.approx(2 * (32 * (4 * 4096 ** 2 + 3 * 4096 * 11008) + 2 * 32000 * 4096)
@@ -46,7 +48,7 @@ def test_floors_of_llama2_7b_on_an_h200_by_hand():
 
 def test_a_prefill_faster_than_its_flops_is_flagged_with_its_ratio():
     f = floors_for("h200-141gb", "llama2-7b", "fp16", 1)
-    floor_s = f.prefill_s_per_token * 7435
+    floor_s = f.prefill_s(7435)
     v = check_point(f, "fit", [record(0, 0.048, 0.036, prompt=7435), record(1, 0.53, 0.036, prompt=7435)])
     assert v.status == "violation" and v.ttft_violations == 1 and v.tpot_violations == 0
     assert v.worst_ttft_ratio == pytest.approx(0.048 / floor_s) and v.examples == (0,)
@@ -88,7 +90,7 @@ def test_a_step_model_faster_than_the_floors_is_reported():
                      kv_capacity_tokens=100000, max_batch=64, max_num_tokens=8192)
     problems = check_step_model(fast, f, [1024, 8192])
     assert len(problems) == 3  # both prefills (1 ms and 8.2 ms vs 13.7 and 109 ms) and the 1 ms decode (< 2.8 ms)
-    assert problems[0].startswith("prefill of 1024 tokens takes 1.0 ms in the step model, below the floor 13.7 ms")
+    assert problems[0].startswith("prefill of 1024 tokens takes 1.0 ms in the step model, below the floor 13.4 ms")
 
 
 def test_the_measured_h200_profile_passes_and_records_its_checks(tmp_path):
