@@ -49,6 +49,21 @@ GPUS: dict[str, GpuSpec] = {
         source=f"literature: {PAPER}, Table 3 (dense = half the sparse peak); NVLink 600 GB/s "
         "bidirectional (NVIDIA A100 datasheet); idle derived from H100 idle x 400/700",
     ),
+    "a100-80gb": GpuSpec(
+        name="a100-80gb",
+        memory_gb=80.0,
+        fp16_tflops=624.0 / 2,
+        int8_tops=1248.0 / 2,
+        fp8_tflops=None,
+        memory_bandwidth_gbps=2039.0,
+        tdp_w=400.0,
+        # derived: H100 idle measured with NVML (profiles/measured/h100_power/) scaled by TDP 400/700.
+        idle_w=H100_IDLE_W * 400.0 / 700.0,
+        nvlink_gbps=300.0,
+        source="literature: NVIDIA A100 datasheet, SXM4 80GB (80 GB HBM2e, 2,039 GB/s, 400 W; tensor peaks as the "
+        f"40 GB part, {PAPER} Table 3, dense = half the sparse peak); NVLink 600 GB/s bidirectional; idle derived "
+        "from H100 idle x 400/700",
+    ),
     "h100-80gb": GpuSpec(
         name="h100-80gb",
         memory_gb=80.0,
@@ -208,10 +223,12 @@ def unsupported_reason(gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: 
     return None
 
 
-def kv_capacity_tokens(gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: int) -> int:
-    """KV-cache tokens an instance holds: free memory over all TP GPUs / bytes per token."""
+def kv_capacity_tokens(gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: int,
+                       kv_cache_free_fraction: float = 1.0) -> int:
+    """KV-cache tokens an instance holds: the engine's share (``kv_cache_free_fraction``, see
+    ``profiles.engine_settings``) of the memory left after weights and runtime, over all TP GPUs / bytes per token."""
     free_gb = gpu.memory_gb - weight_bytes(model, quant) / tp / 1e9 - RUNTIME_RESERVE_GB
-    return int(max(free_gb, 0.0) * 1e9 * tp / kv_bytes_per_token(model, quant))
+    return int(max(free_gb, 0.0) * kv_cache_free_fraction * 1e9 * tp / kv_bytes_per_token(model, quant))
 
 
 def lookup_gpu(name: str) -> GpuSpec:

@@ -46,10 +46,10 @@ POWER_FIELDS = ("idle_w", "active_w", "flop_token_j", "per_kv_token_j", "weights
 CAPACITY_FIELDS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
 # Optional engine-shape fields (absent from a profile: the default, which turns the behaviour off).
 OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s", "mixed_overhead_s",
-                   "graph_q_pad_tokens", "graph_capture_s")
+                   "graph_q_pad_tokens", "graph_capture_s", "chunked_context")
 OPTIONAL_DEFAULTS = {"kv_pad_tokens": 0, "per_padded_kv_token_s": 0.0, "admission_lead_per_seq_s": 0.0,
-                     "mixed_overhead_s": 0.0, "graph_q_pad_tokens": 0, "graph_capture_s": 0.0}
-INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens", "graph_q_pad_tokens")
+                     "mixed_overhead_s": 0.0, "graph_q_pad_tokens": 0, "graph_capture_s": 0.0, "chunked_context": 0}
+INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens", "graph_q_pad_tokens", "chunked_context")
 
 
 class StepModelError(ValueError):
@@ -90,6 +90,10 @@ class StepModel:
     # shape is seen, which costs ``graph_capture_s`` once per replica and shape (0: no capture modelled).
     graph_q_pad_tokens: int = 0
     graph_capture_s: float = 0.0
+    # 1: TensorRT-LLM's chunked context (``enable_chunked_context``): the token budget ``max_num_tokens`` covers the
+    # iteration's decode tokens and prompt chunks, and a prompt longer than what is left runs in chunks over several
+    # iterations (sim.instance); 0: a prompt is prefilled whole in one iteration and must fit the budget.
+    chunked_context: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -108,6 +112,8 @@ class StepModel:
         if self.overhead_s + self.weights_s + self.per_padded_kv_token_s * min(self.kv_pad_tokens,
                                                                               self.kv_capacity_tokens) <= 0:
             raise StepModelError("step model iterations take no time: overhead_s + weights_s must be > 0")
+        if self.chunked_context not in (0, 1):
+            raise StepModelError(f"step model field 'chunked_context' must be 0 or 1, got {self.chunked_context!r}")
         if self.kv_pad_tokens != int(self.kv_pad_tokens):
             raise StepModelError(f"step model field 'kv_pad_tokens' must be a whole number, got {self.kv_pad_tokens!r}")
 
@@ -292,8 +298,10 @@ class StepModel:
     # --- capacity --------------------------------------------------------------------------------
 
     def fits(self, input_tokens: int, output_tokens: int) -> bool:
-        """Whether one request could ever run on an empty instance."""
-        return input_tokens + output_tokens <= self.kv_capacity_tokens and input_tokens <= self.max_num_tokens
+        """Whether one request could ever run on an empty instance (with chunked context a prompt of any length
+        runs, in chunks; without, it must fit one iteration's token budget)."""
+        return input_tokens + output_tokens <= self.kv_capacity_tokens and (
+            self.chunked_context == 1 or input_tokens <= self.max_num_tokens)
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
