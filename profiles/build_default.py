@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from calibrate.search import SearchSettings, find_saturation, sweep, sweep_points
 from calibrate.sim_probe import SimulatedProbe
-from profiles.catalog import GPUS, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
+from profiles.catalog import GPUS, MAX_WEIGHT_FRACTION, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
 from profiles.fit_domain import FIT_DOMAIN_COLUMNS, UNKNOWN_DOMAIN, FitDomain
 from profiles.kernel_step_model import IterationComposer, composition_domain, kernel_step_model
-from profiles.kernel_tables import SYSTEMS, KernelTables
-from profiles.power_model import derive_power_model, fit_power_model
+from profiles.kernel_tables import GPU_SYSTEMS, SYSTEMS, KernelTables
+from profiles.power_model import PowerModel, derive_power_model, fit_power_model
 from profiles.profile_set import LatencySlo, ProfileSet, default_profile_path, write_profile_set
 from profiles.quality import default_quality_table
 from profiles.roofline import ROOFLINE_SOURCE, roofline_step_model
@@ -92,25 +92,44 @@ def roofline_configs(gpus: Iterable[str] = ("a100-40gb", "h100-80gb")) -> Iterab
                                roofline_step_model(gpu, model, quant, tp), "derived", ROOFLINE_SOURCE, UNKNOWN_DOMAIN)
 
 
-def kernel_configs() -> Iterable[ConfigRow]:
+def _power_models() -> dict[str, PowerModel]:
+    """The NVML-fitted H100 power model and its spec-ratio derivations for the other GPUs."""
+    h100_power = fit_power_model()
+    return {name: h100_power if name == "h100-80gb" else derive_power_model(h100_power, GPUS["h100-80gb"], gpu)
+            for name, gpu in GPUS.items()}
+
+
+def compose_row(key: ConfigKey, tables: dict[str, KernelTables], power: dict,
+                max_weight_fraction: float = MAX_WEIGHT_FRACTION) -> ConfigRow:
+    """One config's step model composed from the kernel tables of its GPU's system, as the default set builds it."""
+    gpu, model, quant = GPUS[key.gpu], MODELS[key.model], QUANTS[key.quant]
+    system = GPU_SYSTEMS[key.gpu]
+    comp = IterationComposer(tables[system], tables["a100_sxm"], tables["h100_sxm"], gpu, model, quant, key.tp,
+                             max_weight_fraction)
+    result = kernel_step_model(comp, power[key.gpu])
+    source = result.source
+    if result.clamped_lookups:
+        source += f"; {result.clamped_lookups} kernel look-ups answered by flagged extrapolation"
+    return key, result.step, result.provenance, source, result.domain
+
+
+def compose_step_model(key: ConfigKey, max_weight_fraction: float = MAX_WEIGHT_FRACTION) -> StepModel:
+    """A single config's kernel-composed step model (for configs outside a profile set, e.g. benchmarks)."""
+    tables = {system: KernelTables.load(system, extrapolate=True) for system in SYSTEMS}
+    return compose_row(key, tables, _power_models(), max_weight_fraction)[1]
+
+
+def kernel_configs(gpus: Iterable[str] = tuple(GPU_SYSTEMS)) -> Iterable[ConfigRow]:
     """Step models composed from TensorRT-LLM kernel tables, power from the NVML fit (default set)."""
     tables = {system: KernelTables.load(system, extrapolate=True) for system in SYSTEMS}
-    h100_power = fit_power_model()
-    for system, (_, _, gpu_name) in SYSTEMS.items():
+    power = _power_models()
+    for gpu_name in gpus:
         gpu = GPUS[gpu_name]
-        power = h100_power if gpu_name == "h100-80gb" else derive_power_model(h100_power, GPUS["h100-80gb"], gpu)
         for model in MODELS.values():
             for quant in QUANTS.values():
                 for tp in TENSOR_PARALLEL_DEGREES:
-                    if unsupported_reason(gpu, model, quant, tp) is not None:
-                        continue
-                    comp = IterationComposer(tables[system], tables["a100_sxm"], tables["h100_sxm"], gpu, model, quant, tp)
-                    result = kernel_step_model(comp, power)
-                    source = result.source
-                    if result.clamped_lookups:
-                        source += f"; {result.clamped_lookups} kernel look-ups answered by flagged extrapolation"
-                    yield (ConfigKey(gpu.name, model.name, quant.name, tp), result.step, result.provenance, source,
-                           result.domain)
+                    if unsupported_reason(gpu, model, quant, tp) is None:
+                        yield compose_row(ConfigKey(gpu.name, model.name, quant.name, tp), tables, power)
 
 
 def _lengths(workload: str) -> tuple[np.ndarray, np.ndarray]:

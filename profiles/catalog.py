@@ -206,8 +206,15 @@ def kv_bytes_per_token(model: ModelShape, quant: QuantMethod) -> float:
     return model.kv_elements_per_token() * quant.kv_bytes_per_element
 
 
-def unsupported_reason(gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: int) -> str | None:
-    """Why a config cannot be deployed, or None when it can."""
+def engine_weight_fraction(gpu: GpuSpec) -> float:
+    """The largest weight share an engine can load at all: all memory but the runtime reserve (no KV room left)."""
+    return (gpu.memory_gb - RUNTIME_RESERVE_GB) / gpu.memory_gb
+
+
+def unsupported_reason(gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: int,
+                       max_weight_fraction: float = MAX_WEIGHT_FRACTION) -> str | None:
+    """Why a config cannot be deployed, or None when it can. ``max_weight_fraction`` is the planning rule
+    (``MAX_WEIGHT_FRACTION``); a benchmark reproducing an engine that did run passes ``engine_weight_fraction``."""
     if tp not in TENSOR_PARALLEL_DEGREES:
         return f"tp={tp} is not one of {TENSOR_PARALLEL_DEGREES}"
     if quant.needs_fp8 and gpu.fp8_tflops is None:
@@ -215,10 +222,10 @@ def unsupported_reason(gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: 
     if model.kv_heads % tp != 0 and tp % model.kv_heads != 0:
         return f"tp={tp} does not divide {model.name}'s {model.kv_heads} KV heads"
     per_gpu_gb = weight_bytes(model, quant) / tp / 1e9
-    if per_gpu_gb > MAX_WEIGHT_FRACTION * gpu.memory_gb:
+    if per_gpu_gb > max_weight_fraction * gpu.memory_gb:
         return (
             f"{model.name} {quant.name} needs {per_gpu_gb:.1f} GB of weights per GPU at tp={tp}, "
-            f"over {MAX_WEIGHT_FRACTION:.0%} of {gpu.name}'s {gpu.memory_gb:.0f} GB"
+            f"over {max_weight_fraction:.0%} of {gpu.name}'s {gpu.memory_gb:.0f} GB"
         )
     return None
 

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from profiles.catalog import (
+    MAX_WEIGHT_FRACTION,
     GpuSpec,
     ModelShape,
     QuantMethod,
@@ -111,8 +112,6 @@ def kernel_choice(system: str, quant: QuantMethod) -> KernelChoice:
         rules.append("kv4-as-kv8")
         if not hopper:
             rules.append("kv8-ratio")
-    if system == "a100_sxm":
-        rules.append("a100-80gb-kernels")
     return KernelChoice(gemm, kv, tuple(rules))
 
 
@@ -120,15 +119,19 @@ class IterationComposer:
     """Composed iteration times for one config from kernel tables (seconds)."""
 
     def __init__(self, tables: KernelTables, ampere: KernelTables | None, hopper: KernelTables | None,
-                 gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: int):
-        reason = unsupported_reason(gpu, model, quant, tp)
+                 gpu: GpuSpec, model: ModelShape, quant: QuantMethod, tp: int,
+                 max_weight_fraction: float = MAX_WEIGHT_FRACTION):
+        reason = unsupported_reason(gpu, model, quant, tp, max_weight_fraction)
         if reason is not None:
             raise ValueError(reason)
         self.t = tables
         self.ampere = ampere  # for ratio transfer to Hopper
         self.hopper = hopper  # for the KV8 ratio on Ampere
         self.gpu, self.model, self.quant, self.tp = gpu, model, quant, tp
-        self.choice = kernel_choice(tables.system, quant)
+        choice = kernel_choice(tables.system, quant)
+        if gpu.name == "a100-40gb":  # tables measured on the 80 GB part
+            choice = KernelChoice(choice.gemm, choice.kv, choice.rules + ("a100-80gb-kernels",))
+        self.choice = choice
         h, d = model.hidden, model.head_dim
         self.heads = model.heads // tp
         self.kv_heads = max(model.kv_heads // tp, 1)
@@ -197,7 +200,10 @@ class IterationComposer:
     # --- the rest ---------------------------------------------------------------------------------
 
     def allreduce_s(self, tokens: int) -> float:
-        return 2 * self.model.layers * self.t.allreduce_s(self.tp, tokens * self.model.hidden * 2.0)
+        """Two all-reduces of the hidden state per layer. The custom all-reduce table is keyed by the message's
+        element count (aiconfigurator's ``query_allreduce``: "count, not size in bytes"; its TensorRT-LLM backend
+        asks for tokens x hidden), not by bytes."""
+        return 2 * self.model.layers * self.t.allreduce_s(self.tp, tokens * self.model.hidden)
 
     def elementwise_s(self, tokens: int) -> float:
         h, i = self.model.hidden, self.model.intermediate // self.tp
@@ -218,7 +224,9 @@ class IterationComposer:
 
 # --- the fit ------------------------------------------------------------------------------------------
 
-DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Decode batches up to 8,192 sequences (as many as the KV capacity holds): trtllm-bench builds engines with
+# max_batch_size up to 8,192, so a step model is fitted where engines run, not extrapolated from 256.
+DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DECODE_KV_LENGTHS = (128, 512, 1024, 2048)
 PROMPT_LENGTHS = (16, 64, 128, 256, 512, 1024, 2048, 4096)
 MIXED_ITERATIONS = ((16, 512, 512), (64, 512, 256), (32, 1024, 1024), (128, 512, 128))  # (batch, KV length, prompt)

@@ -7,7 +7,7 @@ latencies per system. We keep the subset our configs need in ``profiles/kernel_t
 * ``gemm.parquet``: (gemm_dtype, m, n, k) -> latency_ms
 * ``context_attention.parquet``: (num_heads, num_kv_heads, kv_cache_dtype, batch_size, isl) -> latency_ms
 * ``generation_attention.parquet``: (num_heads, num_kv_heads, kv_cache_dtype, batch_size, step) -> latency_ms
-* ``allreduce.parquet``: (num_gpus, message_size bytes) -> latency_ms
+* ``allreduce.parquet``: (num_gpus, message_size in elements, bf16) -> latency_ms
 
 Lookups interpolate linearly in log-log space between grid points. A query outside the grid raises
 ``OutOfGridError`` unless the caller asks for flagged extrapolation (clamping to the edge), in which
@@ -33,6 +33,9 @@ SYSTEMS = {
     "h100_sxm": ("h100_sxm", "1.3.0rc20", "h100-80gb"),
     "h200_sxm": ("h200_sxm", "1.3.0rc20", "h200-141gb"),
 }
+# Which measured system's tables a GPU type runs on: the A100 tables were measured on A100-SXM4-80GB and serve
+# both A100 parts (the 40 GB one by a named rule, profiles.kernel_step_model RULES["a100-80gb-kernels"]).
+GPU_SYSTEMS = {"a100-40gb": "a100_sxm", "a100-80gb": "a100_sxm", "h100-80gb": "h100_sxm", "h200-141gb": "h200_sxm"}
 GEMM_DTYPES = {"a100_sxm": ("bfloat16", "int8_wo", "int4_wo", "sq"), "h100_sxm": ("bfloat16", "fp8"),
                "h200_sxm": ("bfloat16", "fp8")}
 HEAD_DIM = 128
@@ -237,12 +240,12 @@ class KernelTables:
         raise OutOfGridError(f"{self.system}/generation_attention: nothing measured near heads={heads}, "
                              f"kv={kv_heads}, {kv_dtype}, length={kv_len}")
 
-    def allreduce_s(self, gpus: int, message_bytes: float) -> float:
+    def allreduce_s(self, gpus: int, message_elements: float) -> float:
         if gpus == 1:
             return 0.0
         if gpus not in self.allreduce:
             raise KeyError(f"{self.system}: no all-reduce table for {gpus} GPUs")
-        return self._get(self.allreduce[gpus], (message_bytes,))
+        return self._get(self.allreduce[gpus], (message_elements,))
 
     def source(self, table: str) -> str:
         return (f"measured-kernels: {self.meta['device']}, {self.meta['framework']} {self.meta['framework_version']}, "
@@ -262,4 +265,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["KernelTables", "OutOfGridError", "SYSTEMS", "extract"]
+__all__ = ["GPU_SYSTEMS", "KernelTables", "OutOfGridError", "SYSTEMS", "extract"]
