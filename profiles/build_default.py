@@ -35,6 +35,7 @@ from tqdm import tqdm
 from calibrate.search import SearchSettings, find_saturation, sweep, sweep_points
 from calibrate.sim_probe import SimulatedProbe
 from profiles.catalog import GPUS, MAX_WEIGHT_FRACTION, MODELS, QUANTS, TENSOR_PARALLEL_DEGREES, unsupported_reason
+from profiles.engine_settings import PAPER_CASE_STUDY
 from profiles.fit_domain import FIT_DOMAIN_COLUMNS, UNKNOWN_DOMAIN, FitDomain
 from profiles.kernel_step_model import IterationComposer, composition_domain, kernel_step_model
 from profiles.kernel_tables import GPU_SYSTEMS, SYSTEMS, KernelTables
@@ -53,7 +54,7 @@ CAPACITY_SLO = LatencySlo(ttft_s=10.0, tpot_s=0.5)
 KERNEL_FIT_DOMAIN_SOURCE = (
     "derived: profiles.kernel_step_model.composition_domain: per row, the longest prompt (PROMPT_LENGTHS, up to "
     "4,096 tokens), the longest per-sequence decode KV length (DECODE_KV_LENGTHS, up to 2,048 tokens, where batch x "
-    "length fits the row's KV capacity) and the most sequences in one iteration (DECODE_BATCHES up to 256 within "
+    "length fits the row's KV capacity) and the most sequences in one iteration (DECODE_BATCHES up to 8,192 within "
     "the KV capacity, and the mixed iterations) of the composed iterations its step model was fitted to")
 ROOFLINE_FIT_DOMAIN_SOURCE = "unknown: analytic roofline step models are not fitted to iterations (empty columns)"
 
@@ -217,6 +218,11 @@ def build(
         "configs": len(step_rows),
         "fit_domain": fit_domain_source,
         "workloads": {w: [[s.ttft_s, s.tpot_s] for s in sl] for w, sl in workloads},
+        # the engine limits every step model and curve of this set was produced under (profiles.engine_settings)
+        "engine_settings": {"name": PAPER_CASE_STUDY.name, "max_batch": PAPER_CASE_STUDY.max_batch,
+                            "max_num_tokens": PAPER_CASE_STUDY.max_num_tokens,
+                            "kv_cache_free_fraction": PAPER_CASE_STUDY.kv_cache_free_fraction,
+                            "chunked_context": PAPER_CASE_STUDY.chunked_context, "source": PAPER_CASE_STUDY.source},
     }
     tables = {
         "step_models": pd.DataFrame(step_rows),
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             "Step models composed from silicon-measured TensorRT-LLM kernel tables (aiconfigurator-core: "
             "A100-SXM TRT-LLM 1.0.0, H100/H200-SXM TRT-LLM 1.3.0rc20) and fitted to StepModel; methods without "
             "tables derived by named rules; power from NVML measurements on an H100 (A100/H200 scaled by spec "
-            "ratios). A100-40GB, H100-80GB, H200-141GB; Llama-2 7B/13B/70B, CodeLlama-34B; FP16 + 11 methods; "
+            "ratios). A100-40GB, A100-80GB, H100-80GB, H200-141GB; Llama-2 7B/13B/70B, CodeLlama-34B; FP16 + 11 methods; "
             "TP 1/2/4/8. Curves from the saturation search and sweep on the simulated instance; quality from "
             "literature and labelled assumptions.")
     else:

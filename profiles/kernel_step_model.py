@@ -42,7 +42,8 @@ from profiles.catalog import (
 from profiles.fit_domain import FitDomain
 from profiles.kernel_tables import KernelTables
 from profiles.power_model import PowerModel
-from profiles.roofline import BASE_OVERHEAD_S, MAX_BATCH, MAX_NUM_TOKENS, PER_SEQ_S
+from profiles.engine_settings import PAPER_CASE_STUDY, EngineSettings
+from profiles.roofline import BASE_OVERHEAD_S, MAX_NUM_TOKENS, PER_SEQ_S
 from profiles.step_model import StepModel
 
 ELEMENTWISE_BANDWIDTH_EFFICIENCY = 0.8
@@ -336,9 +337,11 @@ class KernelStepModel:
     domain: FitDomain  # the prompt, context and batch of the composed iterations the fit saw
 
 
-def kernel_step_model(comp: IterationComposer, power: PowerModel) -> KernelStepModel:
+def kernel_step_model(comp: IterationComposer, power: PowerModel,
+                      settings: EngineSettings = PAPER_CASE_STUDY) -> KernelStepModel:
+    """The config's step model under an engine's settings (limits, KV share of free memory, chunked context)."""
     gpu, model, quant, tp = comp.gpu, comp.model, comp.quant, comp.tp
-    capacity = kv_capacity_tokens(gpu, model, quant, tp)
+    capacity = kv_capacity_tokens(gpu, model, quant, tp, settings.kv_cache_free_fraction)
     before = comp.t.clamped_lookups
     obs = observations(comp, capacity)
     params, mape, max_ape = fit_time_params(obs)
@@ -354,8 +357,9 @@ def kernel_step_model(comp: IterationComposer, power: PowerModel) -> KernelStepM
         weights_j=weight_bytes(model, quant) * power.joule_per_byte,
         max_power_w=tp * power.power_limit_w,
         kv_capacity_tokens=capacity,
-        max_batch=MAX_BATCH,
-        max_num_tokens=MAX_NUM_TOKENS,
+        max_batch=settings.max_batch,
+        max_num_tokens=settings.max_num_tokens,
+        chunked_context=int(settings.chunked_context),
     )
     tables = "gemm_perf, context_attention_perf, generation_attention_perf" + (", custom_allreduce_perf" if tp > 1 else "")
     rules = comp.choice.rules + ("elementwise-roofline",)
