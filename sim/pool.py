@@ -24,8 +24,8 @@ import simpy
 
 from profiles.engine_settings import apply_engine_settings, profile_kv_fraction
 from profiles.profile_set import ProfileSet
-from profiles.step_model import StepModel
 from profiles.schema import ConfigKey
+from profiles.step_model import StepModel
 from sim.deployment import PoolPlan, TaskSpec
 from sim.instance import Instance
 from sim.prefix_cache import PrefixCacheSettings
