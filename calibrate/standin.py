@@ -13,6 +13,13 @@ runs the engine semantics of ``sim/instance.py`` iteration by iteration in real 
 * an iteration prefills the newly admitted prompts (which yields their first token) together with
   one decode step of every running request; a request finishes at the end of the iteration that
   produces its last token and frees its KV reservation;
+* with chunked context (``StepModel.chunked_context == 1``, the semantics of ``sim.instance``): the token
+  budget ``max_num_tokens`` covers one token per decoding sequence plus the prompt chunks of the iteration;
+  each iteration the admitted prompts not yet fully computed get their next chunk (admission order), then
+  requests are admitted while the batch (decoding + prefilling) has room, the KV footprint fits and a budget
+  token is left, each with a chunk ``min(rest of its prompt, budget left)``; a chunk ``[o, o + c)`` adds ``c``
+  prefill tokens and ``(o + c)^2 - o^2`` attention; the first token comes with the last chunk. A prompt
+  longer than ``max_num_tokens`` is then accepted;
 * the iteration lasts ``StepModel.iteration_s(...) * time_scale`` wall seconds. Iterations are timed
   against absolute deadlines (each ends ``duration`` after the previous one ended), so event-loop
   latency does not accumulate; keep iterations at a few milliseconds or more for asyncio to time
@@ -26,7 +33,8 @@ completion_tokens} and ``data: [DONE]``; non-streaming returns one JSON body), a
 of ``calibrate.prompts`` (or the length of a token-id list). ``max_tokens`` (default 16), ``min_tokens``
 and ``ignore_eos`` are honoured: without ``ignore_eos`` a request stops at a deterministic pseudo-EOS
 position (a hash of its prompt), but never before ``min_tokens``. A request that can never fit
-(prompt + max_tokens over the KV capacity, or a prompt over ``max_num_tokens``) gets HTTP 400.
+(prompt + max_tokens over the KV capacity, or, without chunked context, a prompt over ``max_num_tokens``)
+gets HTTP 400.
 
 The stand-in reports no energy: it has no GPU, and it does not pretend to.
 
@@ -76,6 +84,7 @@ class _Request:
     cancelled: bool = False
     blocks: tuple[int, ...] = ()  # chained hashes of the prompt's complete blocks (prefix caching on)
     cached_tokens: int = 0  # tokens of the prompt whose prefill a cached prefix saved
+    prefilled: int = 0  # chunked context: prompt tokens computed (or cached) so far
 
 
 class StandinEngine:
@@ -94,6 +103,7 @@ class StandinEngine:
         self.hang_after_requests = hang_after_requests
         self.waiting: deque[_Request] = deque()
         self.running: list[_Request] = []
+        self.prefilling: list[_Request] = []  # chunked context: admitted, prompt not yet fully computed
         self.kv_reserved = 0
         self.received = 0
         self.iterations = 0
@@ -109,7 +119,7 @@ class StandinEngine:
                 f"prompt ({input_tokens} tokens) + max_tokens ({output_tokens}) exceed the KV capacity of "
                 f"{step.kv_capacity_tokens} tokens"
             )
-        if input_tokens > step.max_num_tokens:
+        if input_tokens > step.max_num_tokens and not step.chunked_context:
             raise RequestRejected(f"prompt of {input_tokens} tokens exceeds max_num_tokens={step.max_num_tokens}")
 
     def block_hashes(self, text: str) -> tuple[int, ...]:
@@ -165,6 +175,36 @@ class StandinEngine:
             self.kv_reserved += need
         return new
 
+    def _schedule_chunks(self) -> list[tuple[_Request, int]]:
+        """Chunked context: the part-way prompts' next chunks (admission order), then admissions while the batch
+        (decoding + prefilling) has room, the KV footprint fits and a budget token is left; (request, chunk)."""
+        step = self.step
+        budget = step.max_num_tokens - len(self.running)
+        chunks: list[tuple[_Request, int]] = []
+        for req in self.prefilling:
+            if budget <= 0:
+                break
+            c = min(req.input_tokens - req.prefilled, budget)
+            chunks.append((req, c))
+            budget -= c
+        while self.waiting and len(self.running) + len(self.prefilling) < step.max_batch and budget > 0:
+            head = self.waiting[0]
+            if head.cancelled:
+                self.waiting.popleft()
+                continue
+            need = head.input_tokens + head.output_tokens
+            if self.kv_reserved + need > step.kv_capacity_tokens:
+                break
+            self.waiting.popleft()
+            self.kv_reserved += need
+            head.cached_tokens = self._cached_tokens(head) if self.prefix_block_tokens else 0
+            head.prefilled = head.cached_tokens
+            self.prefilling.append(head)
+            c = min(head.input_tokens - head.prefilled, budget)
+            chunks.append((head, c))
+            budget -= c
+        return chunks
+
     def _release(self, req: _Request) -> None:
         self.kv_reserved -= req.input_tokens + req.output_tokens
 
@@ -172,25 +212,35 @@ class StandinEngine:
         loop = asyncio.get_running_loop()
         end: float | None = None
         while True:
-            for req in [r for r in self.running if r.cancelled]:
-                self.running.remove(req)
-                self._release(req)
+            for held in (self.running, self.prefilling):
+                for req in [r for r in held if r.cancelled]:
+                    held.remove(req)
+                    self._release(req)
             if self.hung:
                 await asyncio.Event().wait()  # never set: tokens stop, the server still answers
-            if not self.waiting and not self.running:
+            if not self.waiting and not self.running and not self.prefilling:
                 self._wake.clear()
                 await self._wake.wait()
                 end = None
-            new = self._admit()
-            if not new and not self.running:
-                continue  # only cancelled requests were waiting
             batch = len(self.running)
-            for r in new:
-                r.cached_tokens = self._cached_tokens(r) if self.prefix_block_tokens else 0
-            prefill = sum(r.input_tokens - r.cached_tokens for r in new)
-            prefill_sq = sum(r.input_tokens * r.input_tokens - r.cached_tokens * r.cached_tokens for r in new)
+            chunks: list[tuple[_Request, int]] = []
+            if self.step.chunked_context:
+                chunks = self._schedule_chunks()
+                new = []
+                n_seq = batch + len(chunks)
+                prefill = sum(c for _, c in chunks)
+                prefill_sq = sum((r.prefilled + c) ** 2 - r.prefilled ** 2 for r, c in chunks)
+            else:
+                new = self._admit()
+                for r in new:
+                    r.cached_tokens = self._cached_tokens(r) if self.prefix_block_tokens else 0
+                n_seq = batch + len(new)
+                prefill = sum(r.input_tokens - r.cached_tokens for r in new)
+                prefill_sq = sum(r.input_tokens * r.input_tokens - r.cached_tokens * r.cached_tokens for r in new)
+            if n_seq == batch and not self.running:
+                continue  # only cancelled requests were waiting
             kv = sum(r.input_tokens + r.generated for r in self.running)
-            duration = self.step.iteration_s(batch + len(new), batch + prefill, kv, prefill, prefill_sq)
+            duration = self.step.iteration_s(n_seq, batch + prefill, kv, prefill, prefill_sq)
             start = loop.time() if end is None else end
             end = start + duration * self.time_scale
             delay = end - loop.time()
@@ -199,6 +249,11 @@ class StandinEngine:
             else:
                 await asyncio.sleep(0)
             self.iterations += 1
+            for r, c in chunks:  # chunked context: a prompt whose last chunk ran yields its first token now
+                r.prefilled += c
+                if r.prefilled >= r.input_tokens:
+                    self.prefilling.remove(r)
+                    new.append(r)
             for r in new:
                 self.cached_blocks.update(r.blocks)
             still: list[_Request] = []

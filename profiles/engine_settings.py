@@ -10,16 +10,48 @@ them (``cluster.engine`` in ``qfleet-sim``).
 
 KV capacity under a setting: ``fraction x (GPU memory - weight shard - runtime reserve)`` per GPU, summed over
 the TP GPUs (``profiles.catalog.kv_capacity_tokens``).
+
+Running a profile set's step models under other settings (``apply_engine_settings``): ``max_batch`` and
+``max_num_tokens`` replace the step model's, ``chunked_context`` sets its flag, and ``kv_cache_free_fraction``
+scales its ``kv_capacity_tokens`` by (new fraction / the fraction the profile set was built under), the latter
+read from the set's manifest key ``engine_settings.kv_cache_free_fraction`` (absent: 1.0). The iteration times
+are not refitted: the same kernels run, only the scheduler's limits change. What the settings do not change
+are the profile set's curves and saturation figures, which were measured or simulated under the set's own
+settings: policies plan from those (``sim.planning``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Mapping
+
+from profiles.step_model import StepModel, StepModelError
 
 
 class EngineSettingsError(ValueError):
     """Engine settings no engine can be launched with."""
+
+
+ENGINE_FIELDS = ("max_batch", "max_num_tokens", "kv_cache_free_fraction", "chunked_context")
+
+
+def check_engine_field(name: str, value):
+    """``value`` if it is valid for engine-settings field ``name``; else EngineSettingsError with a one-line reason
+    (``"<field> must be ..., got ..."``)."""
+    if name in ("max_batch", "max_num_tokens"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EngineSettingsError(f"{name} must be a whole number >= 1, got {value!r}")
+    elif name == "kv_cache_free_fraction":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0.0 < value <= 1.0:
+            raise EngineSettingsError(f"{name} must be in (0, 1], got {value!r}")
+    elif name == "chunked_context":
+        if not isinstance(value, bool):
+            raise EngineSettingsError(f"{name} must be true or false, got {value!r}")
+    else:
+        raise EngineSettingsError(f"engine settings have no field '{name}'; known: {', '.join(ENGINE_FIELDS)}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,29 +66,100 @@ class EngineSettings:
     source: str
 
     def __post_init__(self) -> None:
-        for field_name in ("max_batch", "max_num_tokens"):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise EngineSettingsError(f"engine settings '{self.name}': {field_name} must be a whole number >= 1, "
-                                          f"got {value!r}")
-        f = self.kv_cache_free_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0.0 < f <= 1.0:
-            raise EngineSettingsError(f"engine settings '{self.name}': kv_cache_free_fraction must be in (0, 1], "
-                                      f"got {f!r}")
-        if not isinstance(self.chunked_context, bool):
-            raise EngineSettingsError(f"engine settings '{self.name}': chunked_context must be true or false, "
-                                      f"got {self.chunked_context!r}")
+        for field_name in ENGINE_FIELDS:
+            try:
+                check_engine_field(field_name, getattr(self, field_name))
+            except EngineSettingsError as exc:
+                raise EngineSettingsError(f"engine settings '{self.name}': {exc}") from None
+
+    def fields(self) -> dict:
+        """The four settings, by name."""
+        return {name: getattr(self, name) for name in ENGINE_FIELDS}
 
     def with_overrides(self, **overrides) -> "EngineSettings":
         """These settings with some fields replaced (validated again); the name records the change."""
-        unknown = set(overrides) - {"max_batch", "max_num_tokens", "kv_cache_free_fraction", "chunked_context"}
+        unknown = set(overrides) - set(ENGINE_FIELDS)
         if unknown:
-            raise EngineSettingsError(f"engine settings have no field(s) {sorted(unknown)}; known: max_batch, "
-                                      "max_num_tokens, kv_cache_free_fraction, chunked_context")
+            raise EngineSettingsError(f"engine settings have no field(s) {sorted(unknown)}; known: "
+                                      f"{', '.join(ENGINE_FIELDS)}")
         if not overrides:
             return self
         label = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
         return replace(self, name=f"{self.name}[{label}]", source=f"{self.source}; overridden: {label}", **overrides)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOverrides:
+    """Some settings over the profile set's own: a field left None keeps what the step model states."""
+
+    max_batch: int | None = None
+    max_num_tokens: int | None = None
+    kv_cache_free_fraction: float | None = None
+    chunked_context: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in self.fields().items():
+            try:
+                check_engine_field(name, value)
+            except EngineSettingsError as exc:
+                raise EngineSettingsError(f"engine settings 'profile': {exc}") from None
+
+    def fields(self) -> dict:
+        """The fields set (not None), by name."""
+        return {name: getattr(self, name) for name in ENGINE_FIELDS if getattr(self, name) is not None}
+
+    @property
+    def name(self) -> str:
+        label = ",".join(f"{k}={v}" for k, v in sorted(self.fields().items()))
+        return f"profile[{label}]" if label else "profile"
+
+
+def profile_kv_fraction(manifest: Mapping, where: str = "profile set") -> float:
+    """The KV free-memory fraction a profile set's step models were built under: its manifest's
+    ``engine_settings.kv_cache_free_fraction`` (absent: 1.0)."""
+    block = manifest.get("engine_settings")
+    if block is None:
+        return 1.0
+    if not isinstance(block, Mapping):
+        raise EngineSettingsError(f"{where}: manifest key 'engine_settings' must be a mapping, got {block!r}")
+    value = block.get("kv_cache_free_fraction", 1.0)
+    try:
+        return float(check_engine_field("kv_cache_free_fraction", value))
+    except EngineSettingsError as exc:
+        raise EngineSettingsError(f"{where}: manifest key 'engine_settings.kv_cache_free_fraction': "
+                                  f"{str(exc).removeprefix('kv_cache_free_fraction ')}") from None
+
+
+def apply_engine_settings(step: StepModel, settings: EngineSettings | EngineOverrides | None,
+                          profile_fraction: float = 1.0) -> StepModel:
+    """``step`` (built under a KV fraction of ``profile_fraction``) run under ``settings``: max_batch and
+    max_num_tokens replaced, chunked_context set, kv_capacity_tokens scaled by the ratio of the fractions (rounded
+    down). None, or overrides that set nothing, return ``step`` itself. Raises EngineSettingsError (one line, naming
+    the field) when the result describes no engine."""
+    if settings is None:
+        return step
+    values = settings.fields()
+    if not values:
+        return step
+    changes: dict = {}
+    if "max_batch" in values:
+        changes["max_batch"] = values["max_batch"]
+    if "max_num_tokens" in values:
+        changes["max_num_tokens"] = values["max_num_tokens"]
+    if "chunked_context" in values:
+        changes["chunked_context"] = 1 if values["chunked_context"] else 0
+    if "kv_cache_free_fraction" in values:
+        scale = values["kv_cache_free_fraction"] / check_engine_field("kv_cache_free_fraction", profile_fraction)
+        if scale != 1.0:
+            kv = math.floor(step.kv_capacity_tokens * scale)
+            if kv < 1:
+                raise EngineSettingsError(f"kv_cache_free_fraction {values['kv_cache_free_fraction']} leaves no KV "
+                                          f"cache ({step.kv_capacity_tokens} tokens x {scale:.4g})")
+            changes["kv_capacity_tokens"] = kv
+    try:
+        return replace(step, **changes)
+    except StepModelError as exc:
+        raise EngineSettingsError(str(exc).replace("step model field ", "")) from None
 
 
 _TRTLLM_BUILD_DEFAULTS = ("literature: TensorRT-LLM BuildConfig defaults (max_batch_size 2048, max_num_tokens 8192) "
@@ -87,5 +190,6 @@ def lookup_engine_settings(name: str) -> EngineSettings:
         raise EngineSettingsError(f"unknown engine settings '{name}'; known: {', '.join(PRESETS)}") from None
 
 
-__all__ = ["EngineSettings", "EngineSettingsError", "PAPER_CASE_STUDY", "PRESETS", "TRTLLM_SERVE",
-           "lookup_engine_settings"]
+__all__ = ["ENGINE_FIELDS", "EngineOverrides", "EngineSettings", "EngineSettingsError", "PAPER_CASE_STUDY", "PRESETS",
+           "TRTLLM_SERVE", "apply_engine_settings", "check_engine_field", "lookup_engine_settings",
+           "profile_kv_fraction"]

@@ -1,7 +1,10 @@
 """The step model: time and energy of one engine iteration, the part of a profile the simulator runs on.
 
 One iteration processes ``n_seq`` sequences and ``n_tok`` tokens: every decoding sequence contributes
-one token, every newly admitted request its whole prompt (no chunked prefill). Its time is a roofline
+one token, every newly admitted request its whole prompt (without chunked context), or, with
+``chunked_context = 1``, every prefilling sequence the chunk of its prompt computed in the iteration (a chunk
+over positions ``[o, o + c)`` adds ``c`` prefill tokens and ``(o + c)^2 - o^2`` to ``sum(L^2)``; semantics in
+``sim.instance``). Its time is a roofline
 with additive overheads::
 
     t = overhead_s + per_seq_s*n_seq + per_token_s*n_tok + max(weights_s, flop_token_s*n_tok)
@@ -114,6 +117,9 @@ class StepModel:
             raise StepModelError("step model iterations take no time: overhead_s + weights_s must be > 0")
         if self.chunked_context not in (0, 1):
             raise StepModelError(f"step model field 'chunked_context' must be 0 or 1, got {self.chunked_context!r}")
+        if self.chunked_context and self.max_num_tokens < self.max_batch:
+            raise StepModelError(f"step model field 'max_num_tokens' must be >= max_batch ({self.max_batch}) with "
+                                 f"chunked context (decode tokens count against it), got {self.max_num_tokens!r}")
         if self.kv_pad_tokens != int(self.kv_pad_tokens):
             raise StepModelError(f"step model field 'kv_pad_tokens' must be a whole number, got {self.kv_pad_tokens!r}")
 

@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from profiles.engine_settings import (ENGINE_FIELDS, EngineOverrides, EngineSettings, EngineSettingsError, PRESETS,
+                                     apply_engine_settings, check_engine_field, profile_kv_fraction)
 from profiles.profile_set import LatencySlo, ProfileError, ProfileSet, default_profile_path
 from sim.cluster import ClusterSettings
 from sim.deployment import TaskSpec
@@ -71,9 +73,22 @@ class TraceConf:
 
 
 @dataclass
+class EngineConf:
+    """Engine settings (``profiles.engine_settings``): ``preset`` names one of its presets, null runs the step
+    models as the profile set states them; a field set (not null) overrides the preset's or the step model's."""
+
+    preset: Optional[str] = None
+    max_batch: Optional[int] = None
+    max_num_tokens: Optional[int] = None
+    kv_cache_free_fraction: Optional[float] = None
+    chunked_context: Optional[bool] = None
+
+
+@dataclass
 class PoolConf:
     model: str = MISSING
     workload: str = MISSING
+    engine: EngineConf = field(default_factory=EngineConf)  # this pool's overrides of the run's ``engine``
 
 
 @dataclass
@@ -140,6 +155,7 @@ class SimConf:
     router: RouterConf = field(default_factory=RouterConf)
     profiles: ProfilesConf = field(default_factory=ProfilesConf)
     slo: SloConf = field(default_factory=SloConf)
+    engine: EngineConf = field(default_factory=EngineConf)
     seed: int = 0
     progress: bool = True
     outputs: OutputsConf = field(default_factory=OutputsConf)
@@ -257,6 +273,33 @@ def _build_base_trace(cfg: Any, seed: int) -> Trace | TraceStream:
     raise _fail("trace.kind", f"'{t.kind}' is not one of ['case_study', 'azure', 'azure_week']")
 
 
+def build_engine(run_engine: Any, pool_engine: Any, pool: str) -> EngineSettings | EngineOverrides | None:
+    """One pool's engine settings: the pool's preset, else the run's (``engine.preset``; null: the profile's own),
+    with the run's fields set, then the pool's, on top. None when nothing is set (the profile's step models)."""
+    preset_key, preset = "engine.preset", run_engine.get("preset") if run_engine is not None else None
+    if pool_engine is not None and pool_engine.get("preset") is not None:
+        preset_key, preset = f"cluster.pools.{pool}.engine.preset", pool_engine.preset
+    values = {}
+    for where, node in (("engine", run_engine), (f"cluster.pools.{pool}.engine", pool_engine)):
+        if node is None:
+            continue
+        for name in ENGINE_FIELDS:
+            value = node.get(name)
+            if value is None:
+                continue
+            if name == "kv_cache_free_fraction" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            try:
+                values[name] = check_engine_field(name, value)
+            except EngineSettingsError as exc:
+                raise _fail(f"{where}.{name}", str(exc).removeprefix(f"{name} ")) from None
+    if preset is not None:
+        if str(preset) not in PRESETS:
+            raise _fail(preset_key, f"'{preset}' is not one of {sorted(PRESETS)} (null: the profile's own settings)")
+        return PRESETS[str(preset)].with_overrides(**values)
+    return EngineOverrides(**values) if values else None
+
+
 def build_tasks(cfg: Any) -> tuple[TaskSpec, ...]:
     pools = cfg.cluster.pools
     slos = cfg.slo.tasks
@@ -276,9 +319,33 @@ def build_tasks(cfg: Any) -> tuple[TaskSpec, ...]:
             workload_lengths(pool.workload)
         except UnknownWorkloadError as exc:
             raise _fail(f"cluster.pools.{name}.workload", str(exc)) from None
+        engine = build_engine(cfg.get("engine"), pool.get("engine"), name)
         tasks.append(TaskSpec(name, str(pool.model), str(pool.workload),
-                              LatencySlo(float(slo.ttft_s), float(slo.tpot_s)), float(slo.quality_min)))
+                              LatencySlo(float(slo.ttft_s), float(slo.tpot_s)), float(slo.quality_min), engine))
     return tuple(tasks)
+
+
+def check_engines(cfg: Any, tasks: tuple[TaskSpec, ...], profiles: ProfileSet) -> None:
+    """Every pool's engine settings applied to every profiled config of its model, so a combination that
+    describes no engine (e.g. chunked context with max_num_tokens below max_batch) fails now, naming the key."""
+    engines = [t for t in tasks if t.engine is not None]
+    if not engines:
+        return
+    try:
+        fraction = profile_kv_fraction(profiles.manifest, str(profiles.path / "manifest.json"))
+    except EngineSettingsError as exc:
+        raise _fail("profiles.path", str(exc)) from None
+    for task in engines:
+        pool_engine = cfg.cluster.pools[task.name].get("engine")
+        where = (f"cluster.pools.{task.name}.engine" if pool_engine is not None
+                 and any(pool_engine.get(k) is not None for k in ("preset",) + ENGINE_FIELDS) else "engine")
+        for key in profiles.configs():
+            if key.model != task.model:
+                continue
+            try:
+                apply_engine_settings(profiles.step(key), task.engine, fraction)
+            except EngineSettingsError as exc:
+                raise _fail(where, f"{task.engine.name} on {key.label}: {exc}") from None
 
 
 def build_run(cfg: Any) -> RunSpec:
@@ -316,6 +383,7 @@ def build_run(cfg: Any) -> RunSpec:
     for task in tasks:
         if task.model not in known_models:
             raise _fail(f"cluster.pools.{task.name}.model", f"'{task.model}' has no profile in {path} (profiled: {sorted(known_models)})")
+    check_engines(cfg, tasks, profiles)
     for gpu in settings.gpu_types:
         if gpu not in known_gpus:
             raise _fail("cluster.gpu_types", f"'{gpu}' has no profile in {path} (profiled: {sorted(known_gpus)})")

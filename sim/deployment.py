@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from profiles.engine_settings import EngineOverrides, EngineSettings
 from profiles.profile_set import LatencySlo, ProfileSet
 from profiles.schema import ConfigKey
 
@@ -18,6 +19,9 @@ class TaskSpec:
     workload: str  # the profile workload whose curves describe this task's lengths
     slo: LatencySlo
     quality_min: float
+    # The engine settings the pool's replicas run under (profiles.engine_settings): None runs the step models as
+    # the profile set states them. Policies still plan from the profile's curves (sim.planning).
+    engine: EngineSettings | EngineOverrides | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The instance model: one serving-engine replica with continuous batching at iteration level.
 
-What it emulates (TensorRT-LLM's in-flight batching with the GUARANTEED_NO_EVICT scheduler, no
-chunked prefill):
+What it emulates (TensorRT-LLM's in-flight batching with the GUARANTEED_NO_EVICT scheduler; without
+chunked context unless the step model asks for it, see "Chunked context" below):
 
 * requests wait in FIFO order; at each iteration boundary the head of the queue is admitted while the
   batch has room (``max_batch``), its whole KV footprint (input + output tokens) fits what is not yet
@@ -39,6 +39,36 @@ request is one int on the heap, ``finish_iteration << 32 | rid``.
 Prefix caching (optional, ``prefix_cache`` settings; semantics in ``sim.prefix_cache``): a request whose
 shared prefix is cached prefills only its uncached tokens, and its prefix is cached when its prefill
 iteration ends. Without it the engine runs exactly the code paths above, with no per-request cost.
+
+Chunked context (``StepModel.chunked_context == 1``, TensorRT-LLM's ``enable_chunked_context``). A replica of such
+a step model is a ``ChunkedInstance`` (``Instance(...)`` picks the class from the step model), a separate code path:
+without the flag the engine runs exactly the code above. With it:
+
+* the iteration token budget ``max_num_tokens`` covers every token of the iteration: one per decoding sequence
+  plus the prompt tokens (chunks) computed in it (TensorRT-LLM's micro-batch scheduler counts generation tokens
+  in ``max_num_tokens``). Such a step model needs ``max_num_tokens >= max_batch`` (``StepModel`` checks it), so
+  the decode tokens of a full batch always fit and a batch with room always leaves a budget token;
+* at each iteration boundary, first the request already admitted whose prompt is only partly prefilled gets its
+  next chunk (admission order; by construction at most one request is ever part-way: a chunk shorter than the
+  rest of its prompt used up the budget, so nothing after it got any); then new requests are admitted from the
+  FIFO head while the batch (decoding + prefilling sequences) has room (``max_batch``), the request's whole KV
+  footprint (input + output) fits what is not reserved (reserved at admission), and at least one budget token is
+  left; each gets a chunk ``min(its remaining prompt, budget left)``. Nothing overtakes the head. A prompt longer
+  than ``max_num_tokens`` is not rejected (``exceeds_max_num_tokens`` only applies without chunked context);
+* a chunk covering prompt positions ``[o, o + c)`` adds ``c`` prefill tokens and ``(o + c)^2 - o^2`` to the
+  iteration's sum-of-squares attention term, so a prompt's chunks sum to ``L^2`` (the same causal attention work);
+  sequences with a chunk count in ``n_seq``; the KV term stays the decoding sequences' KV read (a chunk's reading
+  of its earlier chunks is the attention term). A request's first token comes at the end of the iteration that
+  computes its last chunk; it then decodes as without chunking;
+* energy: an iteration's energy is shared per token as without chunking (``energy / n_tok``); a request is
+  charged the share of every chunk it computed and of every decode token, so the per-request energies still sum
+  to the busy energy;
+* prefix caching works with it: the cached tokens are skipped, the first chunk starts at the cached offset
+  (``hit``), the budget and attention term count uncached tokens only (chunks sum to ``L^2 - hit^2``), and the
+  prefix is cached when the iteration of its last chunk ends;
+* CUDA-graph capture: every iteration that computes a chunk is an iteration with prompts (it may pay a capture);
+  admission lead: as without chunking, the lead counts the ``n_seq`` of the ending iteration, and the engine never
+  counts as going idle while a prompt is part-way.
 
 Extrapolation (``profiles.fit_domain``): when the step model's fit domain knows its largest batch, every
 iteration that admits requests compares the batch they join (running + newly admitted) with it and counts
@@ -85,6 +115,13 @@ class Instance:
         "_op_tokens", "_op_nseq", "prefix_cache",
         "fit_domain", "_fit_max_batch", "batch_extrapolated", "batch_only_extrapolated", "_graphs",
     )
+
+    def __new__(cls, *args, **kwargs):
+        # A step model with chunked context gets its own engine loop (ChunkedInstance); without, this class's.
+        step = args[3] if len(args) > 3 else kwargs["step"]
+        if cls is Instance and step.chunked_context:
+            cls = ChunkedInstance
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -491,6 +528,279 @@ class Instance:
             if prefix >= 0:
                 cache.insert(prefix, prefix_tokens_col[slot])
         cache.fit(kv_free)
+
+
+class ChunkedInstance(Instance):
+    """A replica whose engine runs chunked context (``StepModel.chunked_context == 1``; semantics in the module
+    docstring). Built by ``Instance(...)`` when the step model asks for it; it replaces ``enqueue`` (no prompt is
+    too long for the token budget) and ``advance`` (prompts run in chunks), and keeps everything else."""
+
+    __slots__ = ("_part_rid", "_part_done", "_part_c", "_new_c")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # the step model guarantees max_num_tokens >= max_batch
+        self._part_rid = -1  # the request whose prompt is part-way prefilled (at most one), -1: none
+        self._part_done = 0  # its prompt tokens computed (or cached) once the iteration in flight ends
+        self._part_c = 0  # its chunk in the iteration in flight (0: it has none)
+        self._new_c: list[int] = []  # the chunk of each request in ``_new`` (their last chunk)
+
+    def enqueue(self, rid: int, now_s: float) -> None:
+        """As ``Instance.enqueue``, without the prompt-length limit (a long prompt runs in chunks)."""
+        if self.next_s < now_s:
+            self.advance(now_s)
+        req = self.requests
+        slot = rid & req.mask
+        step = self.step
+        need = req.input_tokens[slot] + req.output_tokens[slot]
+        if need > step.kv_capacity_tokens:
+            reason = _KV_CAPACITY
+        elif self.max_queue is not None and len(self.waiting) >= self.max_queue:
+            reason = _QUEUE_FULL
+        else:
+            req.instance[slot] = self.instance_id
+            was_empty = not self.waiting
+            self.waiting.append(rid)
+            self.outstanding += 1
+            if self.next_s == INF:
+                self.next_s = now_s
+            # A cuttable stretch has no prompt part-way, and a batch with room leaves a budget token
+            # (max_num_tokens >= max_batch).
+            elif (self._cuttable and was_empty and len(self._heap) < step.max_batch
+                  and self._kv_reserved + need <= step.kv_capacity_tokens):
+                self._cut(now_s + step.admission_lead_per_seq_s * self._op_batch - _LEAD_TOL
+                          if step.admission_lead_per_seq_s > 0.0 else now_s)
+            return
+        req.status[slot] = REJECTED
+        req.reason[slot] = reason
+        req.finish_s[slot] = now_s
+
+    def advance(self, until_s: float) -> None:
+        """As ``Instance.advance``, with prompts computed in chunks under the iteration's token budget."""
+        next_s = self.next_s
+        if next_s >= until_s:
+            return
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        out_col = req.output_tokens
+        first_col = req.first_token_s
+        finish_col = req.finish_s
+        status_col = req.status
+        energy_col = req.energy_j
+        arrival_col = req.arrival_s
+        step = self.step
+        kv_capacity = step.kv_capacity_tokens
+        max_batch = step.max_batch
+        max_num_tokens = step.max_num_tokens
+        lead = step.admission_lead_per_seq_s
+        heap = self._heap
+        waiting = self.waiting
+        new = self._new  # requests whose last chunk is in the iteration in flight
+        new_c = self._new_c
+        kv_offset = self._kv_offset
+        kv_reserved = self._kv_reserved
+        iteration = self._iteration
+        ept = self._energy_per_token_j
+        busy_s = self.busy_s
+        busy_j = self.busy_j
+        tokens_out = self.tokens_out
+        outstanding = self.outstanding
+        op = self._op
+        part_rid = self._part_rid
+        part_done = self._part_done
+        part_c = self._part_c
+        cache = self.prefix_cache
+        if cache is not None:
+            prefix_col = req.prefix_id
+            prefix_tokens_col = req.prefix_tokens
+            cached_col = req.cached_tokens
+        fit_max_batch = self._fit_max_batch
+        released = False
+        while next_s < until_s:
+            now = next_s
+            # --- finish what was in flight ---
+            if op == _OP_MIXED:
+                i = self._op_i
+                energy = self._op_j
+                busy_s += self._op_s
+                busy_j += energy
+                per_token = energy / self._op_tokens
+                ept += per_token
+                if part_c:  # the part-way prompt's chunk
+                    energy_col[part_rid & mask] += per_token * part_c
+                for rid, c in zip(new, new_c):
+                    slot = rid & mask
+                    inp = inp_col[slot]
+                    out = out_col[slot]
+                    first_col[slot] = now
+                    if out == 1:
+                        energy_col[slot] += per_token * c
+                        finish_col[slot] = now
+                        status_col[slot] = FINISHED
+                        kv_reserved -= inp + 1
+                        tokens_out += 1
+                        outstanding -= 1
+                    else:
+                        energy_col[slot] += per_token * c - ept
+                        heappush(heap, ((i + out - 1) << _RID_BITS) | rid)
+                        kv_offset += inp - i
+                iteration = i + 1
+            elif op == _OP_STRETCH:
+                k = self._op_k
+                if k:
+                    batch = self._op_batch
+                    busy_s += self._op_s
+                    energy = step.decode_stretch_j(batch, self._op_kv0, k)
+                    busy_j += energy
+                    ept += energy / batch
+                    iteration = self._op_i + k
+            if op != _OP_NONE:
+                limit = iteration << _RID_BITS
+                while heap and heap[0] < limit:
+                    key = heappop(heap)
+                    rid = key & _RID_MASK
+                    slot = rid & mask
+                    inp = inp_col[slot]
+                    out = out_col[slot]
+                    kv_offset -= inp - ((key >> _RID_BITS) - out + 1)
+                    finish_col[slot] = now
+                    status_col[slot] = FINISHED
+                    energy_col[slot] += ept
+                    kv_reserved -= inp + out
+                    tokens_out += out
+                    outstanding -= 1
+                if cache is not None and op == _OP_MIXED:
+                    self._cache_prefixes(new, kv_capacity - kv_reserved)
+            # --- decide what comes next: the part-way prompt's chunk, then admissions ---
+            self._cuttable = False
+            new.clear()
+            new_c.clear()
+            part_c = 0
+            batch = len(heap)
+            budget = max_num_tokens - batch
+            n_chunks = 0  # sequences with a chunk in the next iteration
+            prefill = 0
+            prefill_sq = 0
+            cutoff = INF
+            if waiting and lead > 0.0 and op != _OP_NONE:
+                cutoff = now - lead * (self._op_nseq if op == _OP_MIXED else self._op_batch) + _LEAD_TOL
+                if not heap and part_rid < 0 and arrival_col[waiting[0] & mask] > cutoff:
+                    cutoff = INF  # the engine would otherwise go idle
+            if part_rid >= 0:
+                rest = inp_col[part_rid & mask] - part_done
+                c = rest if rest <= budget else budget
+                budget -= c
+                prefill += c
+                prefill_sq += (part_done + c) * (part_done + c) - part_done * part_done
+                n_chunks = 1
+                if c == rest:
+                    new.append(part_rid)
+                    new_c.append(c)
+                    part_rid = -1
+                    part_done = 0
+                else:
+                    part_done += c
+                    part_c = c
+            if waiting and budget > 0:
+                room = max_batch - batch - n_chunks
+                kv_free = kv_capacity - kv_reserved
+                admitted = 0
+                took = []
+                while waiting and room > 0 and budget > 0:
+                    rid = waiting[0]
+                    slot = rid & mask
+                    inp = inp_col[slot]
+                    need = inp + out_col[slot]
+                    if need > kv_free or arrival_col[slot] > cutoff:
+                        break
+                    hit = 0
+                    if cache is not None:
+                        prefix = prefix_col[slot]
+                        if prefix >= 0:
+                            hit = cache.hit_tokens(prefix, prefix_tokens_col[slot], inp)
+                    waiting.popleft()
+                    took.append(rid)
+                    room -= 1
+                    kv_free -= need
+                    admitted += 1
+                    energy_col[slot] = 0.0
+                    rest = inp - hit
+                    c = rest if rest <= budget else budget
+                    budget -= c
+                    prefill += c
+                    prefill_sq += (hit + c) * (hit + c) - hit * hit
+                    if cache is not None:
+                        cached_col[slot] = hit
+                        if hit:
+                            cache.use(prefix)
+                        cache.fit(kv_free)
+                    if c == rest:
+                        new.append(rid)
+                        new_c.append(c)
+                    else:
+                        part_rid = rid
+                        part_done = hit + c
+                        part_c = c
+                kv_reserved = kv_capacity - kv_free
+                if admitted:
+                    if fit_max_batch and batch + n_chunks + admitted > fit_max_batch:
+                        self._count_batch_extrapolation(took)
+                    n_chunks += admitted
+            if n_chunks:
+                n_tok = batch + prefill
+                kv = kv_offset + batch * iteration
+                duration = step.iteration_s(batch + n_chunks, n_tok, kv, prefill, prefill_sq)
+                if self._graphs is not None:
+                    duration += self._capture_s(n_tok, kv)
+                self._op_j = step.iteration_j(duration, n_tok, kv)
+                self._op_s = duration
+                self._op_i = iteration
+                self._op_tokens = n_tok
+                self._op_nseq = batch + n_chunks
+                op = _OP_MIXED
+                next_s = now + duration
+                continue
+            if batch == 0:
+                op = _OP_NONE
+                next_s = INF
+                if not self.accepting:
+                    released = True
+                break
+            # Decode-only stretch up to the next completion (no prompt is part-way here).
+            kv0 = kv_offset + batch * iteration
+            k = (heap[0] >> _RID_BITS) - iteration + 1
+            if waiting and cutoff != INF and arrival_col[waiting[0] & mask] > cutoff:
+                k_head = step.decode_iterations_until(
+                    batch, kv0, arrival_col[waiting[0] & mask] + lead * batch - _LEAD_TOL - now)
+                if k_head < 1:
+                    k_head = 1
+                if k_head < k:
+                    k = k_head
+            self._op_batch = batch
+            self._op_i = iteration
+            self._op_kv0 = kv0
+            self._op_k = k
+            self._op_start = now
+            self._cuttable = not waiting
+            duration = step.decode_stretch_s(batch, kv0, k)
+            self._op_s = duration
+            op = _OP_STRETCH
+            next_s = now + duration
+        self.next_s = next_s
+        self._op = op
+        self._part_rid = part_rid
+        self._part_done = part_done
+        self._part_c = part_c
+        self._kv_offset = kv_offset
+        self._kv_reserved = kv_reserved
+        self._iteration = iteration
+        self._energy_per_token_j = ept
+        self.busy_s = busy_s
+        self.busy_j = busy_j
+        self.tokens_out = tokens_out
+        self.outstanding = outstanding
+        if released:
+            self.release(now)
 
 
 def replay_single_instance(step: StepModel, requests: RequestTable,

@@ -1,8 +1,9 @@
-"""qfleet-sim: the main job (Hydra app). Groups: trace, cluster, policy, router, profiles, slo.
+"""qfleet-sim: the main job (Hydra app). Groups: trace, cluster, policy, router, profiles, slo, engine.
 
     qfleet-sim                                   # the §8.3 case study under FP16-Only
     qfleet-sim -m policy=fp16_only,quality_first,energy_first
     qfleet-sim trace=azure_week policy=slo_energy_optimal          # a week, streamed
+    qfleet-sim engine=trtllm_serve engine.chunked_context=true     # other engine settings for every pool
     qfleet-sim --config-name capacity_sweep hydra/launcher=joblib  # load x policy x GPU mix x SLO
 
 In a multirun, each run writes its own folder; a folder that already holds the summary of a finished

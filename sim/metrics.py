@@ -423,6 +423,7 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
         "reconfigurations": dict(result.reconfigurations),
         "percentiles": stats.percentile_method,
         "extrapolation": extrapolation_summary(result.instances, stats),
+        "engine": engine_summary(result),
         "tasks": [asdict(by_task[t.name]) if t.name in by_task else asdict(_empty_task(t.name)) for t in tasks],
     }
     settings = getattr(result, "prefix_cache", None)
@@ -433,6 +434,28 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
             if entry["task"] in stats.task_names:
                 entry.update(stats.prefix_summary(stats.task_names.index(entry["task"])))
     return summary
+
+
+def engine_summary(result) -> dict[str, dict]:
+    """Per task, the engine settings its pool ran under (``settings``: a preset's name, or ``profile`` for the step
+    models as the profile set states them, with any overrides in brackets; the fields set) and, per config label
+    it ran, the limits of the step model its replicas used."""
+    out: dict[str, dict] = {}
+    for task in result.tasks:
+        engine = getattr(task, "engine", None)
+        out[task.name] = {"settings": engine.name if engine is not None else "profile",
+                          **(engine.fields() if engine is not None else {}), "configs": {}}
+    for inst in result.instances:
+        task = result.instance_task.get(inst.instance_id)
+        if task not in out:
+            continue
+        step = inst.step
+        out[task]["configs"].setdefault(inst.label, {
+            "max_batch": int(step.max_batch), "max_num_tokens": int(step.max_num_tokens),
+            "kv_capacity_tokens": int(step.kv_capacity_tokens), "chunked_context": bool(step.chunked_context)})
+    for entry in out.values():
+        entry["configs"] = dict(sorted(entry["configs"].items()))
+    return out
 
 
 def extrapolation_summary(instances, stats: RequestStats) -> dict[str, dict]:

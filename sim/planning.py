@@ -3,6 +3,12 @@
 DP for a target load x and a replica saturation x_s is ceil(x / x_s) with the load spread evenly
 (paper §8.2); a replica's energy per token at load x/DP is read off its profile curve, which already
 includes the replica's idle time, so comparing it across configs compares the pool's whole energy.
+
+Engine settings: saturation QPS and energy per token come from the profile set's curves, which were produced
+under the profile set's own engine settings (its manifest's ``engine_settings``). A task run under other settings
+(``TaskSpec.engine``: another batch limit, token budget, KV fraction or chunked context) is still planned from
+those curves: the plan is what the profile predicts, and the simulation shows how the pool fares under the
+settings it actually runs. The curves are not recomputed here.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ The pool is the control plane of its replicas: model-load completions and GPU re
 events; the replicas' engines advance lazily (``sim.instance``). A drained replica gets no new work,
 so its future is fixed: it is run to completion (or to the run's horizon) when drained, and its
 release is scheduled as an event at the moment it happens.
+
+Engine settings: a task with ``TaskSpec.engine`` runs every replica on the profile's step model under those
+settings (``profiles.engine_settings.apply_engine_settings``, once per config); without, on the profile's own
+step model object, unchanged.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Callable
 
 import simpy
 
+from profiles.engine_settings import apply_engine_settings, profile_kv_fraction
 from profiles.profile_set import ProfileSet
 from profiles.schema import ConfigKey
+from profiles.step_model import StepModel
 from sim.deployment import PoolPlan, TaskSpec
 from sim.instance import Instance
 from sim.prefix_cache import PrefixCacheSettings
@@ -58,6 +64,18 @@ class Pool:
         self.key_of: dict[int, ConfigKey] = {}
         self.plan: PoolPlan | None = None
         self.reconfigurations = 0
+        # The task's engine settings applied to the profile's step models, once per config (none: the profile's own).
+        self._steps: dict[ConfigKey, StepModel] = {}
+        self._kv_fraction = (profile_kv_fraction(profiles.manifest, str(profiles.path)) if task.engine is not None
+                             else 1.0)
+
+    def step(self, key: ConfigKey) -> StepModel:
+        """The step model this pool's replicas of ``key`` run: the profile's, under the task's engine settings."""
+        step = self._steps.get(key)
+        if step is None:
+            step = self._steps[key] = apply_engine_settings(self.profiles.step(key), self.task.engine,
+                                                            self._kv_fraction)
+        return step
 
     # --- routing ---------------------------------------------------------------------------------
 
@@ -107,7 +125,7 @@ class Pool:
             self._new_id(),
             key.label,
             key.tp,
-            self.profiles.step(key),
+            self.step(key),
             self.requests,
             alloc_s=now,
             ready_s=ready_s,

@@ -26,6 +26,11 @@ system prompt or a chat history carry the same id and their ``prefix_tokens``), 
   the blocks it shares with the cache are counted twice. Engines that share blocks by reference hold
   more; this model never admits more than an engine without a cache would.
 
+* **Chunked context** (``StepModel.chunked_context == 1``). The hit is decided at admission as above; the
+  uncached tokens then run in chunks, the first starting at offset ``hit`` (chunk ``[o, o + c)`` costs ``c``
+  budget and prefill tokens and ``(o + c)^2 - o^2`` attention, so the chunks sum to ``L^2 - hit^2``), and ``p``
+  is inserted when the iteration of the request's *last* chunk ends.
+
 What differs between engines is a parameter (``PrefixCacheSettings``); the rest is the mechanism above.
 """
 

@@ -8,6 +8,13 @@ With ``block_tokens`` set it also models a prefix cache, written here from the s
 ``sim.prefix_cache`` (a plain dict with explicit use stamps, not that module's class): per-request hits in
 whole blocks capped at ``input - 1``, uncached tokens only in the iteration's cost and budget,
 insertion when a prefill iteration ends, LRU eviction to the KV not reserved by running requests.
+
+With ``step.chunked_context == 1`` it runs chunked context as ``sim.instance`` states it, written generally (any
+number of part-way prompts, admission order): each iteration the token budget ``max_num_tokens`` less one token
+per decoding sequence goes first to the admitted prompts not yet fully computed, then to new admissions (batch
+room counting decoding and prefilling sequences, whole KV footprint, at least one budget token left), a chunk
+``[o, o + c)`` costing ``c`` prefill tokens and ``(o + c)^2 - o^2`` attention; the first token comes when the
+last chunk's iteration ends, and a cached prefix is inserted then.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ def replay_instance(
     finish = np.full(n, np.nan)
     waiting: deque[int] = deque()
     running: list[list[int]] = []  # [request id, tokens generated so far]
+    chunked = step.chunked_context == 1
+    prefilling: list[list[int]] = []  # chunked: [request id, prompt tokens computed or cached], admission order
     reserved = 0
     now = 0.0
     nxt = 0
@@ -92,8 +101,8 @@ def replay_instance(
     last_n_seq = 0  # sequences of the iteration that just ended (0 when the engine was idle)
     lead = step.admission_lead_per_seq_s
     graphs: set[tuple] = set()  # padded shapes whose CUDA graph is captured
-    while nxt < n or waiting or running:
-        if not waiting and not running:
+    while nxt < n or waiting or running or prefilling:
+        if not waiting and not running and not prefilling:
             now = max(now, float(arrival_s[nxt]))
             last_n_seq = 0
         while nxt < n and arrival_s[nxt] <= now:
@@ -104,8 +113,13 @@ def replay_instance(
         cutoff = np.inf
         if lead > 0.0 and last_n_seq > 0 and waiting:
             cutoff = now - lead * last_n_seq + LEAD_TOL_S
-            if not running and arrival_s[waiting[0]] > cutoff:
+            if not running and not prefilling and arrival_s[waiting[0]] > cutoff:
                 cutoff = np.inf
+        if chunked:
+            busy_s, busy_j, now, reserved, last_n_seq = _chunked_iteration(
+                step, arrival_s, input_tokens, output_tokens, prefix_id, prefix_tokens, cache, cached, first, finish,
+                waiting, running, prefilling, reserved, now, cutoff, graphs, busy_s, busy_j, last_n_seq)
+            continue
         new: list[int] = []
         budget = step.max_num_tokens
         while waiting and len(running) + len(new) < step.max_batch:
@@ -163,3 +177,79 @@ def replay_instance(
                 cache.insert(int(prefix_id[rid]), int(prefix_tokens[rid]))
             cache.shrink_to(step.kv_capacity_tokens - reserved)
     return ReferenceResult(first, finish, busy_s, busy_j, cached, cache.evictions if cache is not None else 0)
+
+
+def _chunked_iteration(step, arrival_s, input_tokens, output_tokens, prefix_id, prefix_tokens, cache, cached, first,
+                       finish, waiting, running, prefilling, reserved, now, cutoff, graphs, busy_s, busy_j, last_n_seq):
+    """One iteration with chunked context: schedule chunks and admissions, run it, update every record."""
+    budget = step.max_num_tokens - len(running)
+    chunks: list[tuple[list[int], int]] = []  # (prefilling record, chunk tokens)
+    for record in prefilling:
+        if budget <= 0:
+            break
+        c = min(int(input_tokens[record[0]]) - record[1], budget)
+        chunks.append((record, c))
+        budget -= c
+    while waiting and len(running) + len(prefilling) < step.max_batch and budget > 0:
+        rid = waiting[0]
+        need = int(input_tokens[rid] + output_tokens[rid])
+        if reserved + need > step.kv_capacity_tokens or arrival_s[rid] > cutoff:
+            break
+        hit = cache.hit(int(prefix_id[rid]), int(prefix_tokens[rid]), int(input_tokens[rid])) if cache is not None else 0
+        waiting.popleft()
+        reserved += need
+        cached[rid] = hit
+        if cache is not None:
+            if hit:
+                cache.use(int(prefix_id[rid]))
+            cache.shrink_to(step.kv_capacity_tokens - reserved)
+        record = [rid, hit]
+        prefilling.append(record)
+        c = min(int(input_tokens[rid]) - hit, budget)
+        chunks.append((record, c))
+        budget -= c
+    if not chunks and not running:
+        return busy_s, busy_j, now, reserved, last_n_seq  # cannot happen for admissible requests
+    batch = len(running)
+    kv = sum(int(input_tokens[rid]) + generated for rid, generated in running)
+    prefill = sum(c for _, c in chunks)
+    prefill_sq = sum((record[1] + c) ** 2 - record[1] ** 2 for record, c in chunks)
+    n_tok = batch + prefill
+    duration = step.iteration_s(batch + len(chunks), n_tok, kv, prefill, prefill_sq)
+    if chunks and step.graph_capture_s > 0.0:
+        shape = step.graph_shape(n_tok, kv)
+        if shape not in graphs:
+            graphs.add(shape)
+            duration += step.graph_capture_s
+    busy_j += step.iteration_j(duration, n_tok, kv)
+    busy_s += duration
+    now += duration
+    still: list[list[int]] = []
+    for record in running:
+        record[1] += 1
+        rid = record[0]
+        if record[1] == output_tokens[rid]:
+            finish[rid] = now
+            reserved -= int(input_tokens[rid] + output_tokens[rid])
+        else:
+            still.append(record)
+    completed = []
+    for record, c in chunks:
+        record[1] += c
+        rid = record[0]
+        if record[1] < input_tokens[rid]:
+            continue
+        prefilling.remove(record)
+        completed.append(rid)
+        first[rid] = now
+        if output_tokens[rid] == 1:
+            finish[rid] = now
+            reserved -= int(input_tokens[rid] + output_tokens[rid])
+        else:
+            still.append([rid, 1])
+    running[:] = still
+    if cache is not None and chunks:
+        for rid in completed:
+            cache.insert(int(prefix_id[rid]), int(prefix_tokens[rid]))
+        cache.shrink_to(step.kv_capacity_tokens - reserved)
+    return busy_s, busy_j, now, reserved, batch + len(chunks)

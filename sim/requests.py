@@ -35,7 +35,7 @@ STATUS_NAMES = ("pending", "finished", "rejected")
 REJECT_REASONS = (
     "",
     "exceeds_kv_capacity",  # input + output can never fit the instance's KV cache
-    "exceeds_max_num_tokens",  # prompt longer than one iteration's token budget (no chunked prefill)
+    "exceeds_max_num_tokens",  # prompt longer than one iteration's token budget (only without chunked context)
     "queue_full",  # the replica's waiting queue was at its configured limit
     "no_replica",  # the pool had no serving replica when the request arrived
     "unfinished_at_end",  # still queued or running when the drain limit was reached

@@ -262,3 +262,38 @@ def test_bursts_send_what_the_simulated_probe_replays():
         assert np.array_equal(plan.arrivals_s(qps), expected)
         inp, out = plan.lengths(qps)
         assert np.array_equal(inp, plan.input_tokens[:n]) and math.isclose(out.mean(), plan.output_tokens[:n].mean())
+
+
+def test_chunked_context_runs_a_long_prompt_in_chunks_beside_decodes():
+    """With chunked context a prompt longer than max_num_tokens is accepted and computed in chunks: two decoders
+    leave 2048 - 2 budget tokens, so a 5,000-token prompt takes three iterations (2046, 2046, 908) and yields its
+    first token at the end of the third; the iterations last what the step model says."""
+    from calibrate.standin import StandinEngine
+
+    step = StepModel(**dict(STEP, kv_capacity_tokens=16000, chunked_context=1))
+    scale = 0.05
+
+    async def scenario():
+        engine = StandinEngine(step, time_scale=scale)
+        task = asyncio.get_running_loop().create_task(engine.run())
+        try:
+            decoders = [engine.submit(10, 400) for _ in range(2)]
+            await decoders[0].tokens.get()  # their prefill is done: they decode
+            started = engine.iterations
+            t0 = time.monotonic()
+            long = engine.submit(5000, 2)
+            position, done = await long.tokens.get()
+            return engine.iterations - started, time.monotonic() - t0, position, done
+        finally:
+            task.cancel()
+
+    iterations, elapsed, position, done = asyncio.run(scenario())
+    assert (position, done) == (1, False)
+    # the request waits for the iteration in flight (at most one decode step), then three chunk iterations
+    assert iterations in (3, 4)
+    bounds = [0, 2046, 4092, 5000]
+    chunks_s = sum(step.iteration_s(3, 2 + b - a, 2 * 20, b - a, b * b - a * a) for a, b in zip(bounds, bounds[1:]))
+    assert chunks_s * scale * 0.9 <= elapsed <= (chunks_s + step.iteration_s(2, 2, 2 * 20)) * scale + 0.03
+    with pytest.raises(Exception, match="KV capacity"):
+        StandinEngine(step).check(15990, 20)
+    StandinEngine(step).check(5000, 2)  # no max_num_tokens limit with chunked context

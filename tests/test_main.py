@@ -28,7 +28,10 @@ def composed(overrides):
 def test_default_config_is_the_case_study():
     cfg = composed([])
     assert cfg.trace.total_rate_qps > 100 and cfg.trace.duration_s == 3600
-    assert dict(cfg.cluster.pools["chat-s"]) == {"model": "llama2-13b", "workload": "sharegpt"}
+    pool = cfg.cluster.pools["chat-s"]
+    assert (pool.model, pool.workload) == ("llama2-13b", "sharegpt")
+    assert all(value is None for value in pool.engine.values())  # no per-pool engine override
+    assert cfg.engine.preset is None  # engine=profile: the step models as profiled
     assert cfg.slo.tasks["code"].ttft_s == 0.15
 
 
