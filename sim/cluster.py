@@ -232,7 +232,8 @@ class _Run:
 
     def finish(self) -> None:
         """Run the control plane to the horizon and every replica up to it."""
-        self.env.run(until=self.horizon_s)
+        if self.horizon_s > self.env.now:  # with drain_limit_s=0 the control plane may already stand at the horizon
+            self.env.run(until=self.horizon_s)
         for pool in self.pools.values():
             for inst in pool.all_instances:
                 inst.advance(self.horizon_s)
