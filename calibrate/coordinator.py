@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from calibrate.arrivals import BurstPlan
 from calibrate.db import PointKey, ResultsDB, StoredPoint, qps_key
 from calibrate.energy import NoEnergyMeter, idle_power_w, open_energy_meter
+from calibrate.lock import WriterLock
 from calibrate.loadgen import EngineFailure, Endpoint, RequestSpec, run_closed_loop, run_open_loop
 from calibrate.plan import Plan, PlanEntry
 from calibrate.physics import check_point, floors_for, shared_prefix_tokens
@@ -41,6 +42,10 @@ WARMUP_PROMPT_OFFSET = 2_000_000
 PROBE_PROMPT_OFFSET = 4_000_000
 MIXED_PROBE_OUTPUT_TOKENS = 2  # a mixed run's probe prompts: their first token ends the mixed iteration
 PROMPT_CHECK_BURST_REQUESTS = 48  # requests of each point kind whose prompts are checked before measuring
+
+
+class ProbeNotMeasured(RuntimeError):
+    """A search or sweep probe whose point failed every attempt: it says nothing about the SLO."""
 
 
 def failed_result(qps: float, n: int) -> ProbeResult:
@@ -292,17 +297,28 @@ class EntryRunner:
                 concurrency: int | None = None, input_tokens: int | None = None,
                 output_tokens: int | None = None, open_loop: bool = False) -> StoredPoint:
         stored = self.db.get_point(key)
-        if stored is not None and stored.status in ("done", "failed"):
+        if stored is not None and (stored.status == "done" or (stored.status == "failed"
+                                                                and stored.run_id == self.run_id)):
             self.skipped += 1
             return stored
+        if stored is not None and stored.status == "failed":
+            # Failed in an earlier run: this run gives it a fresh set of attempts rather than reuse a verdict
+            # that may have come from a broken engine, a crash or a foreign server.
+            self.log(f"[{self.entry.name}] point {key.phase} {key.point_key} failed in an earlier run "
+                     f"({stored.error}); measuring it again")
+            self.db.retry_failed(stored.id)
+        elif stored is not None and stored.status == "running":
+            self.log(f"[{self.entry.name}] point {key.phase} {key.point_key} was left unfinished by run "
+                     f"{stored.run_id} (the tool stopped mid-point); measuring it again, not counted as a failure")
         max_attempts = self.plan.max_attempts_per_point
         while True:
             stored = self.db.get_point(key)
-            if stored is not None and stored.attempt >= max_attempts and stored.status != "done":
+            # Only attempts the engine failed while this tool watched count; a tool that died mid-point did not fail it.
+            if stored is not None and stored.failed_attempts >= max_attempts and stored.status != "done":
                 self.db.finish_point(stored.id, "failed", failed_result(qps or 0.0, len(specs)), [], None, None,
-                                     error=f"gave up after {stored.attempt} attempt(s): {stored.error}")
-                self.log(f"[{self.entry.name}] point {key.phase} {key.point_key} failed {stored.attempt} times; "
-                         f"recorded as failed")
+                                     error=f"gave up after {stored.failed_attempts} failed attempt(s): {stored.error}")
+                self.log(f"[{self.entry.name}] point {key.phase} {key.point_key} failed {stored.failed_attempts} "
+                         f"times; recorded as failed")
                 return self.db.get_point(key)  # type: ignore[return-value]
             endpoint = self._engine()
             point_id, attempt = self.db.begin_point(key, self.run_id, self.supervisor.launches, qps, concurrency,
@@ -349,6 +365,10 @@ class EntryRunner:
             specs = self.burst_specs(workload, phase, plan_b, qps)
             point = self.measure(PointKey(self.entry.name, workload, phase, qps_key(qps)), specs, qps=qps)
             self._last_point = point
+            if point.status != "done":  # never measured: not an SLO miss, so the search cannot go on
+                raise ProbeNotMeasured(f"{phase} probe of {workload} at {qps:.4g} req/s could not be measured "
+                                       f"({point.error}); the search stops here instead of counting it as an SLO "
+                                       f"miss. Fix the engine and re-run: finished points are kept")
             assert point.result is not None
             return point.result
         return probe
@@ -496,9 +516,16 @@ def import_quality_files(plan: Plan, db: ResultsDB) -> list[str]:
 
 
 def run_plan(plan: Plan, handler, db: ResultsDB, log: Callable[[str], None] = print, command: str = "",
-             nvml=None) -> RunReport:
-    """Measure every entry of a validated plan; returns what was done."""
+             nvml=None, lock: bool = True) -> RunReport:
+    """Measure every entry of a validated plan; returns what was done. ``lock``: take the database's writer lock
+    (``calibrate.lock``) for the run; a caller that holds it already passes False."""
+    if lock:
+        with WriterLock(db.path, command):
+            return run_plan(plan, handler, db, log, command, nvml, lock=False)
     started = time.perf_counter()
+    for stale in db.interrupt_stale_runs():
+        log(f"results database {db.path}: run {stale['id']} (pid {stale['pid']} on {stale['host']}) was still marked "
+            f"running; its process is gone: marked interrupted")
     migrated = db.register_plan(plan.to_json(), {e.name: plan.entry_fingerprint(e) for e in plan.entries},
                                 plan.legacy_fingerprints)
     for name in migrated:
@@ -519,6 +546,10 @@ def run_plan(plan: Plan, handler, db: ResultsDB, log: Callable[[str], None] = pr
             launches += runner.supervisor.launches
             restarts += runner.supervisor.restarts
         status = "done" if all(not r.error for r in reports) else "incomplete"
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # SIGTERM (calibrate.main), Ctrl-C: the tool was stopped
+            status = "interrupted"
+        raise
     finally:
         db.finish_run(run_id, status)
     return RunReport(plan.name, reports, measured, skipped, launches, restarts, time.perf_counter() - started,

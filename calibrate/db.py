@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -81,6 +83,18 @@ CREATE TABLE IF NOT EXISTS quality (
 """
 
 
+# Columns added after the first schema: (table, column, type). physics_json: the point's verdict against the
+# hardware floors; failed_attempts: attempts that failed while the tool was alive (a tool that died mid-point
+# is not a failure of the point); owner_pid/owner_host: the process measuring the point; runs.pid: the run's.
+MIGRATIONS = (
+    ("points", "physics_json", "TEXT"),
+    ("points", "failed_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("points", "owner_pid", "INTEGER"),
+    ("points", "owner_host", "TEXT"),
+    ("runs", "pid", "INTEGER"),
+)
+
+
 class ResultsDbError(RuntimeError):
     """A results database that does not match the plan run against it."""
 
@@ -111,6 +125,7 @@ class StoredPoint:
     started_at: float | None
     finished_at: float | None
     run_id: int | None = None  # the qfleet-calibrate invocation (one engine launch sequence) that measured it
+    failed_attempts: int = 0  # attempts the engine failed while the tool was alive (what max_attempts counts)
 
 
 def qps_key(qps: float) -> str:
@@ -141,6 +156,7 @@ class ResultsDB:
         self.path = Path(path)
         self.plan_name = plan_name
         self.readonly = readonly
+        self._failed_col = "failed_attempts"
         if readonly:
             if not self.path.is_file():
                 raise ResultsDbError(f"{self.path}: results database not found")
@@ -148,16 +164,31 @@ class ResultsDB:
             flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
             self.conn = sqlite3.connect(f"file:{self.path.resolve()}?{flags}", uri=True, timeout=30.0,
                                         isolation_level=None)
+            try:
+                columns = {row[1] for row in self.conn.execute("PRAGMA table_info(points)")}
+            except sqlite3.DatabaseError as exc:
+                raise ResultsDbError(f"{self.path}: not a readable SQLite results database ({exc})") from None
+            if not columns:
+                raise ResultsDbError(f"{self.path}: not a qfleet results database (no points table)")
+            self._failed_col = "failed_attempts" if "failed_attempts" in columns else "0"
             return
+        if self.path.is_dir():
+            raise ResultsDbError(f"{self.path}: results_db is a directory; give the path of an SQLite file "
+                                 f"(created when missing)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
-        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(points)")}
-        if "physics_json" not in columns:  # databases measured before the physics checks (calibrate.physics)
-            self.conn.execute("ALTER TABLE points ADD COLUMN physics_json TEXT")
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:  # a database made before the column existed
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except sqlite3.DatabaseError as exc:
+            raise ResultsDbError(f"{self.path}: not a usable SQLite results database ({exc}); give another "
+                                 f"results_db, or move this file away") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -248,9 +279,30 @@ class ResultsDB:
 
     def start_run(self, command: str, host: str) -> int:
         with self._tx():
-            cur = self.conn.execute("INSERT INTO runs (plan_name, started_at, status, command, host) VALUES (?,?,?,?,?)",
-                                    (self.plan_name, time.time(), "running", command, host))
+            cur = self.conn.execute("INSERT INTO runs (plan_name, started_at, status, command, host, pid) "
+                                    "VALUES (?,?,?,?,?,?)", (self.plan_name, time.time(), "running", command, host,
+                                                             os.getpid()))
             return int(cur.lastrowid)
+
+    def interrupt_stale_runs(self) -> list[dict]:
+        """Runs still marked ``running`` whose process is gone: marked ``interrupted`` (call with the writer lock
+        held: then no other process of this database is running). Returns them (id, pid, host, started_at)."""
+        host = socket.gethostname()
+        stale = []
+        with self._tx():
+            rows = self.conn.execute("SELECT id, pid, host, started_at FROM runs WHERE status='running'").fetchall()
+            for run_id, pid, run_host, started in rows:
+                if pid == os.getpid() and run_host == host:
+                    continue  # this process's own run
+                self.conn.execute("UPDATE runs SET status='interrupted', finished_at=? WHERE id=?",
+                                  (time.time(), run_id))
+                stale.append({"id": run_id, "pid": pid, "host": run_host, "started_at": started})
+        return stale
+
+    def runs(self) -> list[dict]:
+        keys = ("id", "plan_name", "started_at", "finished_at", "status", "command", "host", "pid")
+        rows = self.conn.execute(f"SELECT {', '.join(keys)} FROM runs ORDER BY id").fetchall()
+        return [dict(zip(keys, row)) for row in rows]
 
     def run_commands(self) -> list[str]:
         """The distinct commands of the plan's recorded invocations, in order (provenance of a re-export)."""
@@ -266,13 +318,13 @@ class ResultsDB:
     def get_point(self, key: PointKey) -> StoredPoint | None:
         row = self.conn.execute(
             "SELECT id, status, attempt, qps, concurrency, input_tokens, output_tokens, result_json, energy_j, "
-            "window_s, error, launch, started_at, finished_at, run_id FROM points "
+            f"window_s, error, launch, started_at, finished_at, run_id, {self._failed_col} FROM points "
             "WHERE plan_name=? AND entry=? AND workload=? AND phase=? AND point_key=?",
             (self.plan_name, key.entry, key.workload, key.phase, key.point_key)).fetchone()
         if row is None:
             return None
         return StoredPoint(row[0], key, row[1], row[2], row[3], row[4], row[5], row[6], _result_from(row[7]),
-                           row[8], row[9], row[10], row[11], row[12], row[13], row[14])
+                           row[8], row[9], row[10], row[11], row[12], row[13], row[14], int(row[15] or 0))
 
     def begin_point(self, key: PointKey, run_id: int, launch: int, qps: float | None = None,
                     concurrency: int | None = None, input_tokens: int | None = None,
@@ -283,24 +335,36 @@ class ResultsDB:
                 "SELECT id, status, attempt FROM points WHERE plan_name=? AND entry=? AND workload=? AND phase=? "
                 "AND point_key=?", (self.plan_name, key.entry, key.workload, key.phase, key.point_key)).fetchone()
             now = time.time()
+            owner = (os.getpid(), socket.gethostname())
             if row is None:
                 cur = self.conn.execute(
                     "INSERT INTO points (plan_name, entry, workload, phase, point_key, qps, concurrency, input_tokens, "
-                    "output_tokens, status, attempt, run_id, launch, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "output_tokens, status, attempt, run_id, launch, started_at, owner_pid, owner_host) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (self.plan_name, key.entry, key.workload, key.phase, key.point_key, qps, concurrency,
-                     input_tokens, output_tokens, "running", 1, run_id, launch, now))
+                     input_tokens, output_tokens, "running", 1, run_id, launch, now, *owner))
                 return int(cur.lastrowid), 1
             if row[1] == "done":
                 raise ResultsDbError(f"point {key} is already done; it must not be measured again")
             attempt = int(row[2]) + 1
             self.conn.execute("UPDATE points SET status='running', attempt=?, run_id=?, launch=?, started_at=?, "
-                              "error=NULL WHERE id=?", (attempt, run_id, launch, now, row[0]))
+                              "error=NULL, owner_pid=?, owner_host=? WHERE id=?",
+                              (attempt, run_id, launch, now, *owner, row[0]))
             return int(row[0]), attempt
 
     def fail_attempt(self, point_id: int, error: str) -> None:
-        """An attempt interrupted by an engine failure: keep the row 'running'-able, note why."""
+        """An attempt that the engine failed while this tool was alive: it counts against max_attempts_per_point.
+        (An attempt left ``running`` by a tool that died never comes here, so it does not count.)"""
         with self._tx():
-            self.conn.execute("UPDATE points SET status='interrupted', error=? WHERE id=?", (error[:2000], point_id))
+            self.conn.execute("UPDATE points SET status='interrupted', error=?, failed_attempts=failed_attempts+1 "
+                              "WHERE id=?", (error[:2000], point_id))
+
+    def retry_failed(self, point_id: int) -> None:
+        """A point recorded ``failed`` by an earlier run gets a fresh set of attempts in this one."""
+        with self._tx():
+            self.conn.execute("UPDATE points SET status='interrupted', failed_attempts=0, result_json=NULL "
+                              "WHERE id=? AND status='failed'", (point_id,))
+            self.conn.execute("DELETE FROM requests WHERE point_id=?", (point_id,))
 
     def finish_point(self, point_id: int, status: str, result: ProbeResult | None, records: Iterable[RequestRecord],
                      energy_j: float | None, window_s: float | None, error: str | None = None) -> None:

@@ -13,6 +13,7 @@ from the results database), then exports the profile set and prints the fit and 
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -24,6 +25,7 @@ from calibrate.config import CalibrateConf
 from calibrate.db import ResultsDB, ResultsDbError
 from calibrate.engines import make_handler
 from calibrate.export import ExportError, export_profile_set
+from calibrate.lock import WriterLock
 from calibrate.plan import Plan, PlanError, load_plan_file, plan_from_mapping, shown_path, validate_plan
 from calibrate.prompts import PromptError
 from calibrate.quality_import import QualityImportError
@@ -75,6 +77,15 @@ def export_only(plan: Plan, handler, log: Callable[[str], None], command: str,
     the results database's entries were measured with this plan's settings, and export; the database is
     opened read-only and nothing is measured."""
     validate_plan(plan, handler, launch_checks=False)
+    lock = WriterLock(plan.results_db, command)
+    lock.acquire(create=False)  # a writer at work: refuse; no lock file: nobody ever wrote here (create none)
+    try:
+        return _export_only(plan, log, command, allow_lower_bounds)
+    finally:
+        lock.release()
+
+
+def _export_only(plan: Plan, log: Callable[[str], None], command: str, allow_lower_bounds: bool) -> int:
     with ResultsDB(plan.results_db, plan.name, readonly=True) as db:
         db.check_fingerprints({e.name: plan.entry_fingerprint(e) for e in plan.entries}, plan.legacy_fingerprints)
         measured = db.run_commands()
@@ -86,8 +97,13 @@ def export_only(plan: Plan, handler, log: Callable[[str], None], command: str,
     return 0
 
 
-def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None = None) -> int:
-    """One qfleet-calibrate invocation; returns the exit code."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None = None,
+        warn: Callable[[str], None] = _stderr) -> int:
+    """One qfleet-calibrate invocation; returns the exit code. ``warn`` gets what made the run fail (stderr)."""
     command = command or " ".join(["qfleet-calibrate", *sys.argv[1:]])
     plan = plan_of(cfg)
     handler = make_handler(plan.engine)
@@ -101,8 +117,9 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None
         return 0
     from calibrate.coordinator import run_plan  # imported late: dry runs need no load generator
 
-    with ResultsDB(plan.results_db, plan.name) as db:
-        report = run_plan(plan, handler, db, log, command)
+    # One writer per results database, for the measurement and the export it feeds (calibrate.lock).
+    with WriterLock(plan.results_db, command), ResultsDB(plan.results_db, plan.name) as db:
+        report = run_plan(plan, handler, db, log, command, lock=False)
         log(f"measured {report.measured_points} point(s), skipped {report.skipped_points} already finished; "
             f"{report.launches} engine launch(es), {report.restarts} restart(s); {report.wall_s:.1f} s; "
             f"energy: {report.energy}")
@@ -115,23 +132,48 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, command: str | None
                     f"{'' if s['bounded'] else ', not bounded'})")
             if e.error:
                 log(f"  {e.entry}: FAILED: {e.error}")
+        if not report.ok:
+            failed = [e for e in report.entries if e.error]
+            for e in failed:  # the cause in one line (the engine's log tail is on stdout and in the log file)
+                warn(f"qfleet-calibrate: entry '{e.entry}' failed: {e.error.splitlines()[0].rstrip(':')}")
+            warn(f"qfleet-calibrate: not exported: {len(failed)} of {len(report.entries)} entries failed; finished "
+                 f"points are kept in {plan.results_db}, a re-run resumes")
+            return 1
         if cfg.export:
             path, fits = export_profile_set(plan, db, command, log=log,
                                             allow_lower_bounds=bool(cfg.get("export_lower_bounds", False)))
             _log_fits(fits, log)
             log(f"profile set written to {path}")
-    return 0 if report.ok else 1
+    return 0
 
 
 @hydra.main(version_base="1.3", config_path="../experiments/calibrate_conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = run(cfg)
     except (PlanError, ResultsDbError, ExportError, QualityImportError, PromptError) as exc:
         print(f"qfleet-calibrate: {exc}", file=sys.stderr)
         sys.exit(2)
+    except (ToolTerminated, KeyboardInterrupt) as exc:
+        # The finally blocks on the way out stopped the engine and marked the run interrupted.
+        what = "SIGTERM" if isinstance(exc, ToolTerminated) else "Ctrl-C"
+        print(f"qfleet-calibrate: stopped by {what}; the engine was stopped, the point in progress will be measured "
+              f"again by the next run (finished points are kept)", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if isinstance(exc, ToolTerminated) else signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if code:
         sys.exit(code)
+
+
+class ToolTerminated(BaseException):
+    """SIGTERM reached qfleet-calibrate: unwind (stopping the engine, marking the run) and exit."""
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one unwinding is enough
+    raise ToolTerminated()
 
 
 if __name__ == "__main__":

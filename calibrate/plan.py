@@ -485,6 +485,10 @@ def load_plan_file(path: str | Path) -> Plan:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise PlanError(f"plan file {p} not found") from None
+    except IsADirectoryError:
+        raise PlanError(f"plan file {p} is a directory; give a JSON plan file (plan_file=path/to/plan.json)") from None
+    except (UnicodeDecodeError, PermissionError) as exc:
+        raise PlanError(f"plan file {p}: cannot be read as JSON text ({exc})") from None
     except json.JSONDecodeError as exc:
         raise PlanError(f"plan file {p}: not valid JSON ({exc})") from None
     return plan_from_mapping(data, base_dir=Path.cwd())

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from calibrate.db import ResultsDB
 from calibrate.engines.base import LaunchSpec
 from calibrate.loadgen import EngineCrashed, EngineFailure, Endpoint
 from calibrate.plan import Plan, PlanEntry
+from calibrate.procs import engine_preexec, is_ours, port_listeners, proc_available, start_watchdog
 
 
 class EngineStartError(RuntimeError):
@@ -68,6 +70,7 @@ class EngineSupervisor:
         self.launches = 0
         self.restarts = 0
         self.endpoint: Endpoint | None = None
+        self.watchdog: subprocess.Popen | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -87,6 +90,11 @@ class EngineSupervisor:
 
     def start(self) -> Endpoint:
         port = self.spec.port or free_port(self.spec.host)
+        taken = port_listeners(port)
+        if taken:
+            raise EngineStartError(f"entry '{self.entry.name}': engine.port {port} is already in use by "
+                                   f"{'; '.join(l.describe() for l in taken)}; stop that server or choose another "
+                                   f"engine.port (0 picks a free one)")
         spec = self.handler.launch_spec(self.entry, port, self.workdir)
         self.launch_spec = spec
         logs = self.workdir / "logs"
@@ -99,12 +107,21 @@ class EngineSupervisor:
             tmp.write_text(text)
             os.replace(tmp, path)
         self.launches += 1
-        self.log_path = logs / f"{self.entry.name}-launch{self.launches}.log"
+        self.log_path = logs / f"{self.entry.name}-run{self.run_id}-launch{self.launches}.log"
         env = {**os.environ, **dict(spec.env)}
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(list(spec.argv), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True, cwd=str(self.workdir))
-        self._record("launch", f"{' '.join(spec.argv)}\nlog: {self.log_path}")
+            try:
+                # Own session (a kill of the engine's group never reaches the tool), SIGTERM when the tool dies
+                # (PR_SET_PDEATHSIG), and a watchdog that kills the whole group after the tool dies.
+                self.proc = subprocess.Popen(list(spec.argv), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True, cwd=str(self.workdir),
+                                             preexec_fn=engine_preexec)
+            except OSError as exc:
+                raise EngineStartError(f"entry '{self.entry.name}': engine.launch: cannot start {spec.argv[0]!r} "
+                                       f"({exc.strerror or exc}); give an installed program or an existing "
+                                       f"executable path") from None
+        self.watchdog = start_watchdog(self.proc.pid)
+        self._record("launch", f"{' '.join(spec.argv)}\nlog: {self.log_path}\nwatchdog pid {self.watchdog.pid}")
         self.log(f"[{self.entry.name}] launched engine pid {self.proc.pid} on {spec.base_url} (log {self.log_path})")
         started = time.perf_counter()
         self._wait_ready(spec)
@@ -136,26 +153,59 @@ class EngineSupervisor:
             if code is not None:
                 detail = f"exited with code {code} before becoming ready; log {self.log_path}:\n{_tail(self.log_path)}"
                 self._record("crash", detail)
-                self.proc = None
+                self.stop("exited before becoming ready")
                 raise EngineStartError(f"entry '{self.entry.name}': engine {detail}")
             try:
                 with opener.open(spec.health_url, timeout=self.spec.health_timeout_s) as resp:
-                    if resp.status == 200:
-                        return
+                    healthy = resp.status == 200
             except OSError:
-                pass
+                healthy = False
+            if healthy:
+                self._check_ours(spec)
+                return
             if time.monotonic() > deadline:
                 self.stop("not ready in time")
                 raise EngineStartError(f"entry '{self.entry.name}': engine not ready after {self.spec.ready_timeout_s:g} s; "
                                        f"log {self.log_path}:\n{_tail(self.log_path)}")
             time.sleep(0.2)
 
+    def _check_ours(self, spec: LaunchSpec) -> None:
+        """The server answering on the port must be the process we started (or one of its process group): a
+        foreign server that took the port would be measured instead of the engine."""
+        port = urllib.parse.urlsplit(spec.health_url).port
+        if port is None or not proc_available():
+            return  # no /proc (not Linux): cannot check; the port was free before the launch
+        listeners = port_listeners(port)
+        ours = [l for l in listeners if is_ours(l, self.proc.pid)]
+        foreign = [l for l in listeners if not is_ours(l, self.proc.pid)]
+        if ours and not foreign:
+            return
+        detail = (f"the server answering {spec.health_url} is not the engine we started (pid {self.proc.pid}): "
+                  f"port {port} is held by {'; '.join(l.describe() for l in foreign) or 'nobody we can see'}")
+        self._record("foreign-server", detail)
+        self.stop("a foreign server holds the engine's port")
+        raise EngineStartError(f"entry '{self.entry.name}': {detail}; stop that server or choose another engine.port "
+                               f"(0 picks a free one). Nothing was measured against it.")
+
     def stop(self, reason: str) -> None:
         proc = self.proc
         self.proc = None
         self.endpoint = None
+        watchdog, self.watchdog = self.watchdog, None
         if proc is None:
             return
+        try:
+            self._stop(proc)
+        finally:
+            if watchdog is not None:  # it exits by itself once the engine's group is gone
+                try:
+                    watchdog.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    watchdog.kill()
+                    watchdog.wait()
+        self._record("kill", f"{reason}; exit code {proc.returncode}", pid=proc.pid)
+
+    def _stop(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -174,7 +224,6 @@ class EngineSupervisor:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        self._record("kill", f"{reason}; exit code {proc.returncode}", pid=proc.pid)
 
     def restart(self, reason: str) -> Endpoint:
         self.restarts += 1

@@ -78,11 +78,18 @@ def _validate_table(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -
 
 
 def _read(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise ProfileError(f"{path}: file missing from the profile set")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if not path.is_file():
+        raise ProfileError(f"{path}: file missing from the profile set"
+                           + (" (a directory is there)" if path.is_dir() else ""))
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except Exception as exc:  # truncated, empty or not the format: name the file, not the parser's internals
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        why = "empty file" if path.stat().st_size == 0 else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        raise ProfileError(f"{path}: not a readable {kind} table ({why}); expected the columns of "
+                           f"profiles.schema.TABLE_FILES") from None
 
 
 @dataclass(frozen=True)

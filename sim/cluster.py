@@ -15,6 +15,7 @@ same planes over a trace read in chunks, keeping only the requests in flight.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
@@ -52,13 +53,18 @@ class ClusterSettings:
     def __post_init__(self) -> None:
         if self.load_estimate not in ("oracle", "trailing"):
             raise ValueError(f"cluster.load_estimate='{self.load_estimate}' is not one of ['oracle', 'trailing']")
-        if self.replan_interval_s is not None and self.replan_interval_s <= 0:
-            raise ValueError(f"cluster.replan_interval_s must be > 0 or null, got {self.replan_interval_s}")
+        if self.replan_interval_s is not None and not (0 < self.replan_interval_s < math.inf):
+            raise ValueError(f"cluster.replan_interval_s must be finite and > 0, or null, got {self.replan_interval_s}")
         if not self.gpu_types:
             raise ValueError("cluster.gpu_types must name at least one GPU type")
-        for value, name in ((self.engine_start_s, "engine_start_s"), (self.load_gbps_per_gpu, "load_gbps_per_gpu")):
-            if value < 0 or (name == "load_gbps_per_gpu" and value == 0):
-                raise ValueError(f"cluster.{name} must be positive, got {value}")
+        for value, name in ((self.engine_start_s, "engine_start_s"), (self.load_gbps_per_gpu, "load_gbps_per_gpu"),
+                            (self.drain_limit_s, "drain_limit_s")):
+            if not (0 <= value < math.inf) or (name == "load_gbps_per_gpu" and value == 0):
+                raise ValueError(f"cluster.{name} must be finite and {'> 0' if name == 'load_gbps_per_gpu' else '>= 0'}"
+                                 f", got {value}")
+        if self.max_queue is not None and (isinstance(self.max_queue, bool) or int(self.max_queue) != self.max_queue
+                                           or self.max_queue < 1):
+            raise ValueError(f"cluster.max_queue must be a whole number >= 1 or null, got {self.max_queue}")
 
     def model_load_s(self, key: ConfigKey) -> float:
         """Reconfiguration cost: engine start plus reading the weight shard of one GPU."""
@@ -226,7 +232,8 @@ class _Run:
 
     def finish(self) -> None:
         """Run the control plane to the horizon and every replica up to it."""
-        self.env.run(until=self.horizon_s)
+        if self.horizon_s > self.env.now:  # with drain_limit_s=0 the control plane may already stand at the horizon
+            self.env.run(until=self.horizon_s)
         for pool in self.pools.values():
             for inst in pool.all_instances:
                 inst.advance(self.horizon_s)

@@ -4,6 +4,7 @@ into the run's values, where every wrong value fails before any work with a mess
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -115,7 +116,7 @@ class ClusterConf:
 @dataclass
 class PolicyConf:
     name: str = MISSING
-    headroom: float = 1.0
+    headroom: Optional[float] = None  # slo_energy_optimal only: replicas kept at this fraction of saturation
 
 
 @dataclass
@@ -174,6 +175,155 @@ class RunSpec:
 
 def _fail(key: str, why: str) -> ConfigError:
     return ConfigError(f"config key '{key}': {why}")
+
+
+# --- ranges of every numeric setting, checked when the config is read ------------------------------
+
+# Most requests a trace held in memory may have (~100 bytes each through the simulation: ~10 GB), and a
+# streamed one (requests.parquet grows ~40 bytes per request: ~400 GB).
+MAX_TRACE_REQUESTS = 100_000_000
+MAX_STREAMED_REQUESTS = 10_000_000_000
+
+# key -> (lower bound, lower bound included, upper bound or None, whole number, null allowed)
+NUMERIC_RANGES: dict[str, tuple[float, bool, float | None, bool, bool]] = {
+    "seed": (0, True, 2**63 - 1, True, False),
+    "trace.total_rate_qps": (0, False, None, False, False),
+    "trace.duration_s": (0, False, None, False, True),
+    "trace.cv": (0, False, None, False, False),
+    "trace.target_rate_qps": (0, False, None, False, True),
+    "trace.diurnal_period_s": (0, False, None, False, True),
+    "trace.peak_rate_qps": (0, False, None, False, False),
+    "trace.peak_to_trough": (1, True, None, False, False),
+    "trace.chunk_s": (0, False, None, False, False),
+    "trace.shared_prefix.fraction": (0, True, 1, False, False),
+    "trace.shared_prefix.groups": (1, True, None, True, False),
+    "trace.shared_prefix.tokens": (1, True, None, True, False),
+    "trace.shared_prefix.zipf_s": (0, True, None, False, False),
+    "trace.shared_prefix.seed": (0, True, 2**63 - 1, True, True),
+    "cluster.replan_interval_s": (0, False, None, False, True),
+    "cluster.engine_start_s": (0, True, None, False, False),
+    "cluster.load_gbps_per_gpu": (0, False, None, False, False),
+    "cluster.max_queue": (1, True, None, True, True),
+    "cluster.drain_limit_s": (0, True, None, False, False),
+    "cluster.prefix_cache.block_tokens": (1, True, None, True, False),
+    "policy.headroom": (0, False, 1, False, True),
+}
+PER_TASK_RANGES: dict[str, tuple[float, bool, float | None, bool, bool]] = {
+    "ttft_s": (0, False, None, False, False),
+    "tpot_s": (0, False, None, False, False),
+    "quality_min": (0, True, 100, False, False),
+}
+SHARED_PREFIX_TASK_RANGES = {k.rsplit(".", 1)[1]: (*v[:4], True) for k, v in NUMERIC_RANGES.items()
+                             if k.startswith("trace.shared_prefix.") and not k.endswith(".seed")}
+
+# Which trace settings each trace.kind reads; any other one set away from its default is an error.
+TRACE_KEYS_USED = {
+    "case_study": {"total_rate_qps", "duration_s", "arrival", "cv", "mix", "diurnal_period_s"},
+    "azure": {"azure", "path", "task", "target_rate_qps", "duration_s"},
+    "azure_week": {"duration_s", "peak_rate_qps", "peak_to_trough", "diurnal_period_s", "mix", "chunk_s"},
+}
+
+
+def _range_text(lo: float, lo_in: bool, hi: float | None, whole: bool, nullable: bool) -> str:
+    kind = "a whole number" if whole else "a finite number"
+    bound = f">= {lo:g}" if lo_in else f"> {lo:g}"
+    if hi is not None and hi < 2**62:
+        bound = f"in [{lo:g}, {hi:g}]" if lo_in else f"in ({lo:g}, {hi:g}]"
+    return f"{kind} {bound}" + (" or null" if nullable else "")
+
+
+def check_number(key: str, value: Any, rule: tuple[float, bool, float | None, bool, bool]) -> None:
+    """Raise ConfigError unless ``value`` is a finite number in the rule's range (or null where allowed)."""
+    lo, lo_in, hi, whole, nullable = rule
+    if value is None:
+        if nullable:
+            return
+        raise _fail(key, f"must be {_range_text(*rule)}, got null")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        x = float(value)
+        ok = math.isfinite(x) and (x >= lo if lo_in else x > lo) and (hi is None or x <= hi)
+        if ok and whole:
+            ok = x == int(x)
+    if not ok:
+        raise _fail(key, f"must be {_range_text(*rule)}, got {value!r}")
+
+
+def _at(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_settings(cfg: Any) -> None:
+    """Every numeric setting finite and in range, every setting used by the component it configures; raises
+    ConfigError naming the first key that is not."""
+    for key, rule in NUMERIC_RANGES.items():
+        check_number(key, _at(cfg, key), rule)
+    for name, task_slo in cfg.slo.tasks.items():
+        for field_name, rule in PER_TASK_RANGES.items():
+            check_number(f"slo.tasks.{name}.{field_name}", task_slo[field_name], rule)
+    for name, override in cfg.trace.shared_prefix.tasks.items():
+        for field_name, rule in SHARED_PREFIX_TASK_RANGES.items():
+            check_number(f"trace.shared_prefix.tasks.{name}.{field_name}", override[field_name], rule)
+    for name, share in (cfg.trace.mix or {}).items():
+        check_number(f"trace.mix.{name}", share, (0, True, None, False, False))
+    if cfg.policy.headroom is not None and str(cfg.policy.name) != "slo_energy_optimal":
+        raise _fail("policy.headroom", f"policy '{cfg.policy.name}' does not use it (only slo_energy_optimal "
+                                       f"sizes replicas to a headroom); remove it, got {cfg.policy.headroom!r}")
+    _check_trace_keys(cfg.trace)
+    _check_trace_size(cfg)
+
+
+def _check_trace_keys(t: Any) -> None:
+    kind = str(t.kind)
+    used = TRACE_KEYS_USED.get(kind)
+    if used is None:
+        raise _fail("trace.kind", f"'{kind}' is not one of {sorted(TRACE_KEYS_USED)}")
+    defaults = TraceConf()
+    for name in TraceConf.__dataclass_fields__:
+        if name in ("kind", "shared_prefix") or name in used:
+            continue
+        value = t[name]
+        value = dict(value) if name == "mix" and value is not None else value
+        if value != getattr(defaults, name):
+            users = sorted(k for k, keys in TRACE_KEYS_USED.items() if name in keys)
+            raise _fail(f"trace.{name}", f"not used by trace.kind={kind} (it applies to kind {', '.join(users)}); "
+                                         f"remove it, got {value!r}")
+    if kind == "case_study":
+        if str(t.arrival) != "gamma" and float(t.cv) != defaults.cv:
+            raise _fail("trace.cv", f"only trace.arrival=gamma uses it (arrival is '{t.arrival}'); got {t.cv!r}")
+        if str(t.arrival) != "diurnal" and t.diurnal_period_s is not None:
+            raise _fail("trace.diurnal_period_s", f"only trace.arrival=diurnal uses it (arrival is '{t.arrival}'); "
+                                                  f"got {t.diurnal_period_s!r}")
+
+
+def _check_trace_size(cfg: Any) -> None:
+    """Refuse a trace that would need more requests than memory (or disk, streamed) can hold."""
+    t = cfg.trace
+    kind = str(t.kind)
+    if kind == "case_study":
+        duration = float(t.duration_s) if t.duration_s is not None else 3600.0
+        expected, keys = float(t.total_rate_qps) * duration, "trace.total_rate_qps x trace.duration_s"
+        limit = MAX_TRACE_REQUESTS
+    elif kind == "azure_week":
+        duration = float(t.duration_s) if t.duration_s is not None else WEEK_S
+        chunk = float(t.peak_rate_qps) * min(float(t.chunk_s), duration)
+        if chunk > MAX_TRACE_REQUESTS:
+            raise _fail("trace.chunk_s", f"a chunk of {t.chunk_s:g} s at up to {t.peak_rate_qps:g} req/s holds "
+                                         f"~{chunk:.3g} requests in memory, more than {MAX_TRACE_REQUESTS:.0e}; "
+                                         f"lower trace.chunk_s or trace.peak_rate_qps")
+        expected, keys = float(t.peak_rate_qps) * duration, "trace.peak_rate_qps x trace.duration_s"
+        limit = MAX_STREAMED_REQUESTS
+    else:
+        if t.target_rate_qps is None or t.duration_s is None:
+            return  # the recorded trace's own size, or a scaled one (scaling keeps the count)
+        expected, keys = float(t.target_rate_qps) * float(t.duration_s), "trace.target_rate_qps x trace.duration_s"
+        limit = MAX_TRACE_REQUESTS
+    if expected > limit:
+        raise _fail(keys.split(" x ")[0], f"{keys} = ~{expected:.3g} requests, more than the {limit:.0e} a run may "
+                                          f"hold; lower the rate or the duration")
 
 
 def build_trace(cfg: Any, seed: int) -> Trace | TraceStream:
@@ -260,14 +410,25 @@ def _build_base_trace(cfg: Any, seed: int) -> Trace | TraceStream:
             else:
                 raise _fail("trace.azure", f"'{t.azure}' is not one of ['conv', 'code'] (or set trace.path)")
         except TraceError as exc:
-            raise ConfigError(str(exc)) from None
+            raise (_fail("trace.path", str(exc)) if t.path else ConfigError(str(exc))) from None
+        where = f"trace {t.path}" if t.path else f"shipped trace '{t.azure}'"
+        span = f"{len(trace)} request(s) spanning {trace.duration_s:g} s"
         if t.target_rate_qps is not None:
-            if t.target_rate_qps <= 0:
-                raise _fail("trace.target_rate_qps", f"must be > 0, got {t.target_rate_qps}")
+            check_number("trace.target_rate_qps", t.target_rate_qps, NUMERIC_RANGES["trace.target_rate_qps"])
+            if trace.duration_s <= 0:
+                raise _fail("trace.target_rate_qps", f"{where} has {span}: a rate needs >= 2 requests at different "
+                                                     f"times; set trace.target_rate_qps=null")
             trace = scale_to_rate(trace, float(t.target_rate_qps))
         if t.duration_s is not None:
-            if t.duration_s <= 0:
-                raise _fail("trace.duration_s", f"must be > 0, got {t.duration_s}")
+            check_number("trace.duration_s", t.duration_s, NUMERIC_RANGES["trace.duration_s"])
+            if len(trace) < 2 or trace.duration_s <= 0:
+                raise _fail("trace.duration_s", f"{where} has {span}: only a trace of >= 2 requests at different "
+                                                f"times can be tiled to a duration; set trace.duration_s=null")
+            period_s = trace.duration_s * len(trace) / (len(trace) - 1)
+            expected = len(trace) * float(t.duration_s) / period_s
+            if expected > MAX_TRACE_REQUESTS:
+                raise _fail("trace.duration_s", f"tiling {where} ({span}) to {t.duration_s:g} s gives ~{expected:.3g} "
+                                                f"requests, more than the {MAX_TRACE_REQUESTS:.0e} a run may hold")
             trace = slice_time(tile(trace, float(t.duration_s)), 0.0, float(t.duration_s))
         return trace
     raise _fail("trace.kind", f"'{t.kind}' is not one of ['case_study', 'azure', 'azure_week']")
@@ -350,10 +511,12 @@ def check_engines(cfg: Any, tasks: tuple[TaskSpec, ...], profiles: ProfileSet) -
 
 def build_run(cfg: Any) -> RunSpec:
     """Validate the whole configuration and build the run's values, or raise ConfigError."""
+    validate_settings(cfg)
     if cfg.router.name not in ROUTERS:
         raise _fail("router.name", f"'{cfg.router.name}' is not one of {sorted(ROUTERS)}")
     try:
-        policy = make_policy(str(cfg.policy.name), float(cfg.policy.headroom))
+        policy = make_policy(str(cfg.policy.name),
+                             None if cfg.policy.headroom is None else float(cfg.policy.headroom))
     except ValueError as exc:
         raise _fail("policy", str(exc)) from None
     c = cfg.cluster
@@ -383,6 +546,12 @@ def build_run(cfg: Any) -> RunSpec:
     for task in tasks:
         if task.model not in known_models:
             raise _fail(f"cluster.pools.{task.name}.model", f"'{task.model}' has no profile in {path} (profiled: {sorted(known_models)})")
+        curves = profiles.curves
+        workloads = sorted(str(w) for w in curves.loc[curves["model"] == task.model, "workload"].unique())
+        if task.workload not in workloads:
+            raise _fail(f"cluster.pools.{task.name}.workload",
+                        f"'{task.workload}' has no curves for {task.model} in {path} (profiled workloads of "
+                        f"{task.model}: {workloads})")
     check_engines(cfg, tasks, profiles)
     for gpu in settings.gpu_types:
         if gpu not in known_gpus:

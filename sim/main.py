@@ -28,6 +28,8 @@ from tqdm import tqdm
 
 from sim.cluster import simulate
 from sim.config import ConfigError, SimConf, build_run
+from sim.planning import NoFeasibleConfig
+from profiles.profile_set import ProfileError
 from sim.metrics import extrapolation_lines, requests_frame, summarize
 from sim.report import comparison_rows, finished_summary, format_comparison, write_error, write_run, write_stream_run
 from sim.stream import RequestSink, simulate_stream, stream_summary
@@ -56,6 +58,14 @@ def run(cfg: DictConfig, out_dir: Path, extra: dict | None = None) -> dict:
         bar.update(round(now_s) - bar.n)
 
     started = time.perf_counter()
+    try:
+        return _simulate(cfg, spec, out_dir, extra, label, streaming, bar, progress, started)
+    except (NoFeasibleConfig, ProfileError) as exc:  # found while planning: the settings cannot be served
+        raise ConfigError(str(exc)) from None
+
+
+def _simulate(cfg, spec, out_dir: Path, extra: dict | None, label: str, streaming: bool, bar, progress,
+              started: float) -> dict:
     if streaming:
         stream = ChunkedTrace(spec.trace) if isinstance(spec.trace, Trace) else spec.trace
         sink = RequestSink(stream.task_names, out_dir / "requests.parquet" if cfg.outputs.per_request else None)

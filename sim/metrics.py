@@ -221,7 +221,7 @@ class TaskSummary:
     p90_tpot_s: float
     p99_tpot_s: float
     latency_slo_attainment: float
-    quality_slo_met: bool
+    quality_slo_met: bool | None  # None: the task finished no request, so there is nothing to judge
     slo_attainment: float
     configs: str
 
@@ -382,7 +382,7 @@ class RequestStats:
                 p50_ttft_s=p_ttft[0], p90_ttft_s=p_ttft[1], p99_ttft_s=p_ttft[2],
                 p50_tpot_s=p_tpot[0], p90_tpot_s=p_tpot[1], p99_tpot_s=p_tpot[2],
                 latency_slo_attainment=stats.latency_met / n if n else math.nan,
-                quality_slo_met=bool(stats.finished and stats.quality_met_finished == stats.finished),
+                quality_slo_met=(stats.quality_met_finished == stats.finished) if stats.finished else None,
                 slo_attainment=stats.slo_met / n if n else math.nan,
                 configs=";".join(sorted(stats.configs)),
             ))
@@ -519,7 +519,7 @@ def extrapolation_lines(extrapolation: dict[str, dict]) -> list[str]:
 
 def _empty_task(name: str) -> TaskSummary:
     nan = math.nan
-    return TaskSummary(name, 0, 0, 0, nan, nan, nan, nan, nan, nan, nan, False, nan, "")
+    return TaskSummary(name, 0, 0, 0, nan, nan, nan, nan, nan, nan, nan, None, nan, "")
 
 
 def summarize(result: RunResult, frame: pd.DataFrame | None = None) -> dict:

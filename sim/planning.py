@@ -82,6 +82,41 @@ def energy_optimal(cands: Iterable[Candidate | None]) -> Candidate:
                                     c.gpus, c.key.label))
 
 
+def no_config_error(policy: str, task: TaskSpec, gpu_types: Iterable[str], what: str = "config") -> NoFeasibleConfig:
+    """No profiled config of the task's model and workload on these GPUs (of the quant asked for)."""
+    return NoFeasibleConfig(f"policy {policy}: task '{task.name}': no {what} of {task.model} with curves for workload "
+                            f"'{task.workload}' is profiled on cluster.gpu_types {list(gpu_types)}")
+
+
+def latency_infeasible(policy: str, profiles: ProfileSet, task: TaskSpec, keys: Iterable[ConfigKey],
+                       what: str = "config") -> NoFeasibleConfig:
+    """No config among ``keys`` meets the task's latency SLO: the error names the SLO and what the closest config
+    reaches at its lowest profiled load."""
+    best = None
+    for key in keys:
+        row = profiles.curve(key, task.workload).iloc[0]
+        ttft, tpot = float(row["p90_ttft_s"]), float(row["p90_tpot_s"])
+        score = max(ttft / task.slo.ttft_s, tpot / task.slo.tpot_s)
+        if best is None or score < best[0]:
+            best = (score, key, ttft, tpot, float(row["qps"]))
+    slo = (f"SLO P90 TTFT {task.slo.ttft_s:g} s / P90 TPOT {task.slo.tpot_s:g} s (slo.tasks.{task.name})")
+    if best is None:
+        return NoFeasibleConfig(f"policy {policy}: task '{task.name}' ({task.model}, workload {task.workload}): "
+                                f"no {what} to meet the {slo}")
+    _, key, ttft, tpot, qps = best
+    return NoFeasibleConfig(f"policy {policy}: task '{task.name}' ({task.model}, workload {task.workload}): no {what} "
+                            f"meets the {slo}; the closest, {key.label}, reaches P90 TTFT {ttft:.3g} s / P90 TPOT "
+                            f"{tpot:.3g} s at its lowest profiled load ({qps:.3g} req/s)")
+
+
+def quality_infeasible(policy: str, profiles: ProfileSet, task: TaskSpec, keys: Iterable[ConfigKey]) -> NoFeasibleConfig:
+    """No config among ``keys`` reaches the task's quality floor: the error names the best score."""
+    scored = sorted(((profiles.quality_score(k.model, k.quant, task.name), k.quant) for k in keys), reverse=True)
+    best = f"; the best, {task.model} {scored[0][1]}, scores {scored[0][0]:g}" if scored else ""
+    return NoFeasibleConfig(f"policy {policy}: task '{task.name}' ({task.model}): no config reaches the quality floor "
+                            f"{task.quality_min:g} (slo.tasks.{task.name}.quality_min){best}")
+
+
 def energy_at_saturation(profiles: ProfileSet, task: TaskSpec, key: ConfigKey) -> float:
     sat = profiles.saturation_qps(key, task.workload, task.slo)
     return profiles.energy_per_token_j(key, task.workload, sat) if sat > 0 else math.inf

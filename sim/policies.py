@@ -25,6 +25,9 @@ from sim.planning import (
     candidate,
     energy_at_saturation,
     energy_optimal,
+    latency_infeasible,
+    no_config_error,
+    quality_infeasible,
     replicas_for,
     task_configs,
 )
@@ -48,8 +51,11 @@ class Fp16Only(Policy):
         load = ctx.load_qps[task.name]
         keys = task_configs(ctx.profiles, task, ctx.gpu_types, quants=("fp16",))
         if not keys:
-            raise NoFeasibleConfig(f"fp16_only: no FP16 config of {task.model} profiled on {ctx.gpu_types}")
-        return energy_optimal(candidate(ctx.profiles, task, k, load) for k in keys).plan(task.name, load)
+            raise no_config_error(self.name, task, ctx.gpu_types, "FP16 config")
+        cands = [c for c in (candidate(ctx.profiles, task, k, load) for k in keys) if c is not None]
+        if not cands:
+            raise latency_infeasible(self.name, ctx.profiles, task, keys, "FP16 config")
+        return energy_optimal(cands).plan(task.name, load)
 
 
 class QualityFirst(Policy):
@@ -58,9 +64,11 @@ class QualityFirst(Policy):
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         load = ctx.load_qps[task.name]
         keys = [k for k in task_configs(ctx.profiles, task, ctx.gpu_types) if k.quant != "fp16"]
+        if not keys:
+            raise no_config_error(self.name, task, ctx.gpu_types, "quantized config")
         cands = [c for c in (candidate(ctx.profiles, task, k, load) for k in keys) if c is not None]
         if not cands:
-            raise NoFeasibleConfig(f"quality_first: no quantized config of {task.model} meets the latency SLO")
+            raise latency_infeasible(self.name, ctx.profiles, task, keys, "quantized config")
         best_quality = max(c.quality for c in cands)
         top = [c for c in cands if c.quality == best_quality]
         return energy_optimal(top).plan(task.name, load)
@@ -72,10 +80,12 @@ class EnergyFirst(Policy):
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         load = ctx.load_qps[task.name]
         keys = task_configs(ctx.profiles, task, ctx.gpu_types)
+        if not keys:
+            raise no_config_error(self.name, task, ctx.gpu_types)
         scored = [(energy_at_saturation(ctx.profiles, task, k), k.tp, k.label, k) for k in keys]
         scored = [s for s in scored if s[0] != float("inf")]
         if not scored:
-            raise NoFeasibleConfig(f"energy_first: no config of {task.model} meets the latency SLO")
+            raise latency_infeasible(self.name, ctx.profiles, task, keys)
         best = min(scored)[3]
         cand = candidate(ctx.profiles, task, best, load)
         assert cand is not None
@@ -85,30 +95,38 @@ class EnergyFirst(Policy):
 class SloEnergyOptimal(Policy):
     name = "slo_energy_optimal"
 
-    def __init__(self, headroom: float = 0.9):
+    def __init__(self, headroom: float | None = 0.9):
+        headroom = 0.9 if headroom is None else headroom
         if not (0 < headroom <= 1):
             raise ValueError(f"policy.headroom must be in (0, 1], got {headroom}")
         self.headroom = headroom
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         load = ctx.load_qps[task.name]
-        keys = [
-            k for k in task_configs(ctx.profiles, task, ctx.gpu_types)
-            if ctx.profiles.quality_score(k.model, k.quant, task.name) >= task.quality_min
-        ]
+        every = task_configs(ctx.profiles, task, ctx.gpu_types)
+        if not every:
+            raise no_config_error(self.name, task, ctx.gpu_types)
+        keys = [k for k in every if ctx.profiles.quality_score(k.model, k.quant, task.name) >= task.quality_min]
         if not keys:
-            raise NoFeasibleConfig(f"slo_energy_optimal: no config of {task.model} meets the quality floor {task.quality_min}")
-        return energy_optimal(candidate(ctx.profiles, task, k, load, self.headroom) for k in keys).plan(task.name, load)
+            raise quality_infeasible(self.name, ctx.profiles, task, every)
+        cands = [c for c in (candidate(ctx.profiles, task, k, load, self.headroom) for k in keys) if c is not None]
+        if not cands:
+            raise latency_infeasible(self.name, ctx.profiles, task, keys, "config meeting the quality floor")
+        return energy_optimal(cands).plan(task.name, load)
 
 
 POLICIES = {cls.name: cls for cls in (Fp16Only, QualityFirst, EnergyFirst, SloEnergyOptimal)}
 
 
-def make_policy(name: str, headroom: float = 1.0) -> Policy:
+def make_policy(name: str, headroom: float | None = None) -> Policy:
+    """The named policy; ``headroom`` (None: the policy's default) only for slo_energy_optimal, an error elsewhere."""
     if name not in POLICIES:
         raise ValueError(f"policy.name='{name}' is not one of {sorted(POLICIES)}")
     if name == SloEnergyOptimal.name:
         return SloEnergyOptimal(headroom)
+    if headroom is not None:
+        raise ValueError(f"policy.headroom: policy '{name}' does not use it (only {SloEnergyOptimal.name} does), "
+                         f"got {headroom!r}")
     return POLICIES[name]()
 
 

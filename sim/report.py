@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -152,7 +153,7 @@ def format_comparison(rows: Sequence[dict]) -> str:
         cells = [r["run"], _fmt(r["avg_gpus"], 1), str(r["peak_gpus"]), _fmt(100 * r["slo_attainment"], 1),
                  _fmt(100 * r["latency_slo_attainment"], 1), _fmt(r["energy_per_output_token_j"]),
                  _fmt(r["energy_per_output_token_busy_j"]), str(r["rejected"])]
-        cells += ["met" if r["quality_slo_met"][t] else "BROKEN" for t in tasks]
+        cells += [{True: "met", False: "BROKEN"}.get(r["quality_slo_met"][t], "n/a (none finished)") for t in tasks]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Configs chosen per task (gpu/model/quant/tp):")
@@ -257,6 +258,9 @@ class CompareCallback(Callback):
             failures = sweep_failures(sweep_dir)
             if failures:
                 print(f"qfleet-sim: {len(failures)} run(s) failed; see {sweep_dir / 'failures.csv'}")
+                print(f"qfleet-sim: every run of the multirun failed ({len(failures)}); first: "
+                      f"{failures[0]['error'].strip().splitlines()[-1]}", file=sys.stderr)
+                sys.exit(1)
             return
         print("\n=== Policy comparison (paper §8.3, Table 4 style) ===")
         print(text)

@@ -118,6 +118,9 @@ def _integer_column(frame: pd.DataFrame, line: np.ndarray, column: str, path: Pa
 
 def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """Raw columns plus the file line of each row (blank lines dropped, numbering kept)."""
+    if path.is_dir():
+        raise TraceError(f"{path}: is a directory, not a trace file (expected an Azure-format CSV with header "
+                         f"{','.join(COLUMNS)})")
     if not path.is_file():
         raise TraceError(f"{path}: trace file not found")
     try:
