@@ -20,12 +20,12 @@ from sim.policies import Policy, make_policy
 from sim.prefix_cache import PrefixCacheSettings
 from sim.router import ROUTERS
 from traces.azure import load_azure_trace, load_shipped_trace
-from traces.case_study import DEFAULT_MIX, CaseStudyTraceSpec, build_case_study_trace
+from traces.case_study import CASE_STUDY_TASKS, CaseStudyTraceSpec, build_case_study_trace
 from traces.shared_prefix import SharedPrefixSpec, SharedPrefixStream, add_shared_prefixes
 from traces.stream import WEEK_S, AzureWeekSpec, AzureWeekTrace, TraceStream
 from traces.trace import Trace, TraceError
 from traces.transform import scale_to_rate, slice_time, tile
-from traces.workloads import UnknownWorkloadError, workload_lengths
+from traces.workloads import LENGTH_READINGS, UnknownWorkloadError, workload_lengths, workload_spec
 
 
 class ConfigError(ValueError):
@@ -55,13 +55,22 @@ class SharedPrefixConf:
 
 
 @dataclass
+class TraceTaskConf:
+    """One task of a case-study (or azure_week) trace: the workload its lengths come from, its share of arrivals."""
+
+    workload: Optional[str] = None
+    share: Optional[float] = None
+
+
+@dataclass
 class TraceConf:
     kind: str = "case_study"  # case_study | azure | azure_week
     total_rate_qps: float = 120.0
     duration_s: Optional[float] = 3600.0
     arrival: str = "poisson"
     cv: float = 1.0
-    mix: dict[str, float] = field(default_factory=dict)
+    tasks: dict[str, TraceTaskConf] = field(default_factory=dict)  # task -> {workload, share}
+    lengths: str = "rescaled"  # rescaled | raw: Azure lengths scaled to the workload's benchmark means, or not
     azure: Optional[str] = None  # conv | code (shipped) for kind=azure
     path: Optional[str] = None  # an Azure-format CSV instead of a shipped one
     task: str = "chat-s"
@@ -218,9 +227,10 @@ SHARED_PREFIX_TASK_RANGES = {k.rsplit(".", 1)[1]: (*v[:4], True) for k, v in NUM
 
 # Which trace settings each trace.kind reads; any other one set away from its default is an error.
 TRACE_KEYS_USED = {
-    "case_study": {"total_rate_qps", "duration_s", "arrival", "cv", "mix", "diurnal_period_s"},
+    "case_study": {"total_rate_qps", "duration_s", "arrival", "cv", "tasks", "lengths", "diurnal_period_s"},
     "azure": {"azure", "path", "task", "target_rate_qps", "duration_s"},
-    "azure_week": {"duration_s", "peak_rate_qps", "peak_to_trough", "diurnal_period_s", "mix", "chunk_s"},
+    "azure_week": {"duration_s", "peak_rate_qps", "peak_to_trough", "diurnal_period_s", "tasks", "lengths",
+                   "chunk_s"},
 }
 
 
@@ -267,8 +277,7 @@ def validate_settings(cfg: Any) -> None:
     for name, override in cfg.trace.shared_prefix.tasks.items():
         for field_name, rule in SHARED_PREFIX_TASK_RANGES.items():
             check_number(f"trace.shared_prefix.tasks.{name}.{field_name}", override[field_name], rule)
-    for name, share in (cfg.trace.mix or {}).items():
-        check_number(f"trace.mix.{name}", share, (0, True, None, False, False))
+    _check_trace_tasks(cfg.trace)
     if cfg.policy.headroom is not None and str(cfg.policy.name) != "slo_energy_optimal":
         raise _fail("policy.headroom", f"policy '{cfg.policy.name}' does not use it (only slo_energy_optimal "
                                        f"sizes replicas to a headroom); remove it, got {cfg.policy.headroom!r}")
@@ -286,7 +295,7 @@ def _check_trace_keys(t: Any) -> None:
         if name in ("kind", "shared_prefix") or name in used:
             continue
         value = t[name]
-        value = dict(value) if name == "mix" and value is not None else value
+        value = {k: dict(v) for k, v in value.items()} if name == "tasks" and value is not None else value
         if value != getattr(defaults, name):
             users = sorted(k for k, keys in TRACE_KEYS_USED.items() if name in keys)
             raise _fail(f"trace.{name}", f"not used by trace.kind={kind} (it applies to kind {', '.join(users)}); "
@@ -297,6 +306,60 @@ def _check_trace_keys(t: Any) -> None:
         if str(t.arrival) != "diurnal" and t.diurnal_period_s is not None:
             raise _fail("trace.diurnal_period_s", f"only trace.arrival=diurnal uses it (arrival is '{t.arrival}'); "
                                                   f"got {t.diurnal_period_s!r}")
+
+
+def _check_trace_tasks(t: Any) -> None:
+    """``trace.tasks`` (task -> workload, share) and ``trace.lengths`` of the kinds that read them."""
+    kind = str(t.kind)
+    if "tasks" not in TRACE_KEYS_USED.get(kind, ()):
+        return
+    if str(t.lengths) not in LENGTH_READINGS:
+        raise _fail("trace.lengths", f"'{t.lengths}' is not one of {list(LENGTH_READINGS)} (rescaled: Azure lengths "
+                                     f"scaled to each workload's benchmark means; raw: as recorded)")
+    if not t.tasks:
+        raise _fail("trace.tasks", f"names no task (give each of {list(CASE_STUDY_TASKS)} a workload and a share, "
+                                   f"e.g. trace.tasks.chat-s={{workload:sharegpt,share:0.56}})")
+    for name, task in t.tasks.items():
+        if name not in CASE_STUDY_TASKS:
+            raise _fail(f"trace.tasks.{name}", f"unknown task '{name}' (known: {list(CASE_STUDY_TASKS)})")
+        if task is None:
+            raise _fail(f"trace.tasks.{name}", "is null; give it a workload and a share (or remove it with "
+                                               f"~trace.tasks.{name})")
+        check_number(f"trace.tasks.{name}.share", task.share, (0, False, 1, False, False))
+        workload = task.workload
+        if workload is None or not isinstance(workload, str) or not workload:
+            raise _fail(f"trace.tasks.{name}.workload", f"must name a workload, got {workload!r}")
+        try:
+            if kind == "azure_week":
+                workload_spec(workload)  # tiles the Azure traces: only Azure-derived workloads
+            else:
+                workload_lengths(workload, lengths=str(t.lengths))
+        except UnknownWorkloadError as exc:
+            extra = " (azure_week tiles the Azure traces: fixed shapes cannot serve it)" if kind == "azure_week" else ""
+            raise _fail(f"trace.tasks.{name}.workload", f"{exc}{extra}") from None
+        except ValueError as exc:
+            raise _fail(f"trace.tasks.{name}.workload", str(exc)) from None
+    total = sum(float(task.share) for task in t.tasks.values())
+    if abs(total - 1.0) > 1e-6:
+        raise _fail("trace.tasks", f"shares must sum to 1, got {total:g} "
+                                   f"({', '.join(f'{n}={float(v.share):g}' for n, v in t.tasks.items())})")
+
+
+def _trace_tasks(t: Any) -> tuple[dict[str, float], tuple[tuple[str, str], ...]]:
+    """``trace.tasks`` as the spec's mix (task -> share) and workloads ((task, workload) pairs), in config order."""
+    mix = {str(name): float(task.share) for name, task in t.tasks.items()}
+    workloads = tuple((str(name), str(task.workload)) for name, task in t.tasks.items())
+    return mix, workloads
+
+
+def _spec_error(text: str, prefix: str) -> ConfigError:
+    """A trace spec's ValueError as a config error naming the key (the spec's ``mix``/``workloads``: trace.tasks)."""
+    if text.startswith(prefix):
+        field_name, _, why = text.removeprefix(prefix).partition(" ")
+        field_name = field_name.rstrip(":")
+        key = "trace.tasks" if field_name in ("mix", "workloads") else f"trace.{field_name}"
+        return _fail(key, why)
+    return _fail("trace", text)
 
 
 def _check_trace_size(cfg: Any) -> None:
@@ -373,32 +436,40 @@ def shared_prefix_specs(cfg: Any, task_names: tuple[str, ...]) -> dict[str, Shar
 def _build_base_trace(cfg: Any, seed: int) -> Trace | TraceStream:
     t = cfg
     if t.kind == "azure_week":
+        _check_trace_tasks(t)
+        mix, workloads = _trace_tasks(t)
         try:
             spec = AzureWeekSpec(
                 duration_s=float(t.duration_s) if t.duration_s is not None else WEEK_S,
                 peak_rate_qps=float(t.peak_rate_qps),
                 peak_to_trough=float(t.peak_to_trough),
                 period_s=float(t.diurnal_period_s) if t.diurnal_period_s is not None else 86_400.0,
-                mix=dict(t.mix) if t.mix else DEFAULT_MIX,
+                mix=mix,
                 seed=int(seed),
                 chunk_s=float(t.chunk_s),
+                workloads=workloads,
+                lengths=str(t.lengths),
             )
         except ValueError as exc:
-            raise _fail("trace", str(exc).replace("AzureWeekSpec.", "trace.")) from None
+            raise _spec_error(str(exc), "AzureWeekSpec.") from None
         return AzureWeekTrace(spec)
     if t.kind == "case_study":
+        _check_trace_tasks(t)
+        mix, workloads = _trace_tasks(t)
         try:
             spec = CaseStudyTraceSpec(
                 total_rate_qps=float(t.total_rate_qps),
                 duration_s=float(t.duration_s) if t.duration_s is not None else 3600.0,
-                mix=dict(t.mix) if t.mix else CaseStudyTraceSpec().mix,
+                mix=mix,
                 arrival=str(t.arrival),
                 cv=float(t.cv),
                 seed=int(seed),
                 diurnal_period_s=t.diurnal_period_s,
+                workloads=workloads,
+                lengths=str(t.lengths),
             )
         except ValueError as exc:
-            raise _fail("trace", str(exc).replace("CaseStudyTraceSpec.", "trace.")) from None
+            raise _spec_error(str(exc), "CaseStudyTraceSpec.") from None
         return build_case_study_trace(spec)
     if t.kind == "azure":
         try:

@@ -33,7 +33,7 @@ class PoolPlan:
     dp: int
     load_qps: float
     saturation_qps: float
-    predicted_energy_per_token_j: float
+    predicted_energy_per_output_token_j: float
     quality: float
 
     @property

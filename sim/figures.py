@@ -85,13 +85,15 @@ def plot_latency_cdf_curves(tasks: Sequence[TaskSpec], curves: dict[str, dict[st
 
 
 def plot_policy_comparison(rows: Sequence[dict], path: Path) -> Path:
-    """Energy per output token (with and without idle) and average GPUs per policy."""
+    """Energy per output token (with and without idle), per input + output token, and average GPUs per policy."""
     names = [r.get("run", r["policy"]) for r in rows]
     x = np.arange(len(rows))
     fig, (ax_e, ax_g) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_e.bar(x - 0.2, [r["energy_per_output_token_j"] for r in rows], 0.4, label="incl. idle GPUs")
-    ax_e.bar(x + 0.2, [r["energy_per_output_token_busy_j"] for r in rows], 0.4, label="busy only")
-    ax_e.set_ylabel("energy per output token (J)")
+    ax_e.bar(x - 0.27, [r["energy_per_output_token_j"] for r in rows], 0.27, label="per output token, incl. idle")
+    ax_e.bar(x, [r["energy_per_output_token_busy_j"] for r in rows], 0.27, label="per output token, busy only")
+    ax_e.bar(x + 0.27, [r.get("energy_per_token_in_out_j", np.nan) for r in rows], 0.27,
+             label="per input+output token, incl. idle")
+    ax_e.set_ylabel("energy per token (J)")
     ax_g.bar(x, [r["avg_gpus"] for r in rows], 0.5, color="C2")
     ax_g.set_ylabel("average GPUs")
     for ax in (ax_e, ax_g):

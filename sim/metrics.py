@@ -267,7 +267,8 @@ class RequestStats:
         self.rejected = 0
         self.latency_met = 0
         self.slo_met = 0
-        self.output_tokens = 0
+        self.output_tokens = 0  # of finished requests
+        self.input_tokens = 0  # prompt tokens of finished requests (cached ones included)
         self.by_reason = np.zeros(len(REJECT_REASONS), dtype=np.int64)
         self.max_finish_s = -math.inf
         # per config label: [requests, prompt beyond the fit, context beyond it, either]
@@ -289,6 +290,7 @@ class RequestStats:
         self.latency_met += int(columns["latency_slo_met"].sum())
         self.slo_met += int(columns["slo_met"].sum())
         self.output_tokens += int(columns["output_tokens"][finished].sum())
+        self.input_tokens += int(columns["input_tokens"][finished].sum())
         self.by_reason += np.bincount(columns["reject_reason"][rejected], minlength=len(REJECT_REASONS))
         finish = columns["finish_s"]
         if np.isfinite(finish).any():
@@ -390,7 +392,11 @@ class RequestStats:
 
 
 def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
-    """The per-run summary: GPUs, SLO attainment, energy per token, latency percentiles per task."""
+    """The per-run summary: GPUs, SLO attainment, energy per token, latency percentiles per task.
+
+    Energy per token comes in two definitions, named as such: ``energy_per_output_token_j`` (all energy, idle GPUs
+    included, over the output tokens of finished requests) and ``energy_per_token_in_out_j`` (the same energy over
+    their input + output tokens); ``*_busy_j`` leave idle energy out."""
     end_s = result.end_s
     times, gpus = gpus_over_time(result)
     busy_j = idle_j = 0.0
@@ -399,6 +405,7 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
         busy_j += b
         idle_j += i
     out_tokens = float(stats.output_tokens)
+    in_out_tokens = float(stats.input_tokens + stats.output_tokens)
     by_task = {t.task: t for t in stats.task_summaries()}
     n = stats.requests
     avg_gpus = time_average(times, gpus, end_s)
@@ -419,7 +426,10 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
         "idle_energy_j": idle_j,
         "energy_per_output_token_j": (busy_j + idle_j) / out_tokens if out_tokens else math.nan,
         "energy_per_output_token_busy_j": busy_j / out_tokens if out_tokens else math.nan,
+        "energy_per_token_in_out_j": (busy_j + idle_j) / in_out_tokens if in_out_tokens else math.nan,
+        "energy_per_token_in_out_busy_j": busy_j / in_out_tokens if in_out_tokens else math.nan,
         "output_tokens": int(out_tokens),
+        "input_tokens": int(stats.input_tokens),
         "reconfigurations": dict(result.reconfigurations),
         "percentiles": stats.percentile_method,
         "extrapolation": extrapolation_summary(result.instances, stats),

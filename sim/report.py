@@ -37,8 +37,8 @@ def _atomic_write_frame_csv(frame: pd.DataFrame, path: Path) -> None:
 def _write_deployments(out_dir: Path, result) -> Path:
     plans = [
         {"time_s": t, "task": p.task, "config": p.key.label, "dp": p.dp, "gpus": p.gpus, "load_qps": p.load_qps,
-         "saturation_qps": p.saturation_qps, "predicted_energy_per_token_j": p.predicted_energy_per_token_j,
-         "quality": p.quality}
+         "saturation_qps": p.saturation_qps,
+         "predicted_energy_per_output_token_j": p.predicted_energy_per_output_token_j, "quality": p.quality}
         for t, deployment in result.deployments for p in deployment.plans
     ]
     path = out_dir / "deployments.csv"
@@ -136,6 +136,7 @@ def comparison_rows(summaries: Sequence[dict]) -> list[dict]:
             "latency_slo_attainment": s["latency_slo_attainment"],
             "energy_per_output_token_j": s["energy_per_output_token_j"],
             "energy_per_output_token_busy_j": s["energy_per_output_token_busy_j"],
+            "energy_per_token_in_out_j": s.get("energy_per_token_in_out_j", math.nan),
             "quality_slo_met": {t["task"]: t["quality_slo_met"] for t in tasks},
             "configs": {t["task"]: t["configs"] for t in tasks},
             "rejected": s["rejected"],
@@ -144,15 +145,16 @@ def comparison_rows(summaries: Sequence[dict]) -> list[dict]:
 
 
 def format_comparison(rows: Sequence[dict]) -> str:
-    """A Markdown table in the shape of the paper's Table 4, plus quality and configs per task."""
+    """A Markdown table in the shape of the paper's Table 4, plus quality and configs per task. Energy per token
+    in both definitions: per output token (with and without idle GPUs) and per input + output token."""
     tasks = list(rows[0]["quality_slo_met"]) if rows else []
-    head = ["run", "avg GPUs", "peak GPUs", "SLO attainment %", "latency SLO %", "J/token", "J/token (busy)",
-            "rejected"] + [f"quality {t}" for t in tasks]
+    head = ["run", "avg GPUs", "peak GPUs", "SLO attainment %", "latency SLO %", "J/output token",
+            "J/output token (busy)", "J/(in+out) token", "rejected"] + [f"quality {t}" for t in tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], _fmt(r["avg_gpus"], 1), str(r["peak_gpus"]), _fmt(100 * r["slo_attainment"], 1),
                  _fmt(100 * r["latency_slo_attainment"], 1), _fmt(r["energy_per_output_token_j"]),
-                 _fmt(r["energy_per_output_token_busy_j"]), str(r["rejected"])]
+                 _fmt(r["energy_per_output_token_busy_j"]), _fmt(r["energy_per_token_in_out_j"]), str(r["rejected"])]
         cells += [{True: "met", False: "BROKEN"}.get(r["quality_slo_met"][t], "n/a (none finished)") for t in tasks]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -36,7 +36,7 @@ def test_fp16_only_picks_energy_optimal_gpu_dp_tp_at_per_replica_load(profiles):
     # g2 tp1: dp 2 at 0.20 J -> the energy-optimal (GPU, DP, TP).
     p = plan(Fp16Only(), profiles)
     assert (p.key, p.dp) == (ConfigKey("g2", "m", "fp16", 1), 2)
-    assert p.predicted_energy_per_token_j == pytest.approx(0.20)
+    assert p.predicted_energy_per_output_token_j == pytest.approx(0.20)
     # Restricted to g1, tp2's 0.22 J beats tp1's 0.30 J.
     p = plan(Fp16Only(), profiles, gpus=("g1",))
     assert (p.key, p.dp) == (ConfigKey("g1", "m", "fp16", 2), 2)

@@ -5,6 +5,11 @@ sampled from the Azure LLM trace aligned with the task's benchmark dataset; tota
 above 100 req/s; chat-S : chat-R = 4 : 1; chat-S is 50-60 % of traffic. Tasks are drawn per
 arrival from the mix (independent thinning of one arrival process), so each task's stream is
 itself Poisson when the total is.
+
+Which workload gives each task its lengths (``workloads``) and how those lengths read the Azure pairs
+(``lengths``: ``rescaled`` to the benchmark means, or ``raw``) are parameters of the spec; the app
+takes them from its trace config (``experiments/conf/trace/case_study.yaml``: ``tasks``, ``lengths``).
+The defaults below are the library's, equal to that config's.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import numpy as np
 
 from traces.synthetic import diurnal_rate, gamma_arrivals, poisson_arrivals, time_varying_arrivals
 from traces.trace import Trace
-from traces.workloads import DEFAULT_MAX_TOTAL_TOKENS, workload_lengths
+from traces.workloads import DEFAULT_MAX_TOTAL_TOKENS, LENGTH_READINGS, UnknownWorkloadError, workload_lengths
 
 CASE_STUDY_TASKS: tuple[str, ...] = ("chat-s", "chat-r", "code", "summarization")
 
-# Benchmark dataset each task's lengths are aligned with (paper §3.2 Table 2 / §8.3).
+# Benchmark dataset each task's lengths are aligned with (paper §3.2 Table 2 / §8.3). The library's default;
+# the app reads the map from ``trace.tasks.<task>.workload``.
 TASK_WORKLOAD: Mapping[str, str] = {
     "chat-s": "sharegpt",
     "chat-r": "sharegpt",
@@ -52,6 +58,8 @@ class CaseStudyTraceSpec:
     ``arrival``: ``poisson``; ``gamma`` (renewal, coefficient of variation ``cv``); ``diurnal``
     (sinusoidal rate with mean ``total_rate_qps`` and peak/trough 2, one period per
     ``diurnal_period_s``, default the whole trace, so the trace's mean rate is the total rate).
+    ``workloads``: (task, workload) pairs, one per task of ``mix`` (default ``TASK_WORKLOAD``);
+    ``lengths``: ``rescaled`` or ``raw`` (``traces.workloads.LENGTH_READINGS``).
     """
 
     total_rate_qps: float = 120.0
@@ -62,13 +70,22 @@ class CaseStudyTraceSpec:
     seed: int = 0
     max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
     diurnal_period_s: float | None = None
+    workloads: tuple[tuple[str, str], ...] | None = None  # None: TASK_WORKLOAD for the mix's tasks
+    lengths: str = "rescaled"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mix", _normalise_mix(self.mix))
+        workloads = self.workloads
+        if workloads is None:
+            workloads = tuple((name, TASK_WORKLOAD[name]) for name, _ in self.mix if name in TASK_WORKLOAD)
+        object.__setattr__(self, "workloads", _normalise_workloads(workloads))
         _validate(self)
 
     def share(self, task: str) -> float:
         return dict(self.mix).get(task, 0.0)
+
+    def workload(self, task: str) -> str:
+        return dict(self.workloads)[task]
 
 
 def build_case_study_trace(spec: CaseStudyTraceSpec) -> Trace:
@@ -82,9 +99,12 @@ def build_case_study_trace(spec: CaseStudyTraceSpec) -> Trace:
     task = np.array([CASE_STUDY_TASKS.index(name) for name in mix_tasks], dtype=np.int64)[drawn]
     input_tokens = np.empty(len(arrival_s), dtype=np.int64)
     output_tokens = np.empty(len(arrival_s), dtype=np.int64)
+    workloads = dict(spec.workloads)
     for task_id, name in enumerate(CASE_STUDY_TASKS):  # fixed order: same seed -> same lengths
+        if name not in workloads:
+            continue  # not in the mix: no request (an empty draw consumes no random numbers)
         mask = task == task_id
-        sampler = workload_lengths(TASK_WORKLOAD[name], spec.max_total_tokens)
+        sampler = workload_lengths(workloads[name], spec.max_total_tokens, spec.lengths)
         input_tokens[mask], output_tokens[mask] = sampler.sample(int(mask.sum()), length_rng)
     return Trace(
         arrival_s=arrival_s,
@@ -94,7 +114,7 @@ def build_case_study_trace(spec: CaseStudyTraceSpec) -> Trace:
         task_names=CASE_STUDY_TASKS,
         source=(
             f"case-study §8.3: {spec.arrival} {spec.total_rate_qps:g} req/s for {spec.duration_s:g} s, "
-            f"mix {dict(spec.mix)}, seed {spec.seed}"
+            f"mix {dict(spec.mix)}, workloads {dict(spec.workloads)}, {spec.lengths} lengths, seed {spec.seed}"
         ),
     )
 
@@ -146,6 +166,19 @@ def _normalise_mix(mix: object) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+def _normalise_workloads(workloads: object) -> tuple[tuple[str, str], ...]:
+    """Accept (task, workload) pairs or a mapping; store a tuple of pairs."""
+    items = list(workloads.items()) if isinstance(workloads, Mapping) else workloads
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise ValueError(f"CaseStudyTraceSpec.workloads must be (task, workload) pairs, got {workloads!r}")
+    pairs = []
+    for item in items:
+        if isinstance(item, (str, bytes)) or len(item) != 2:
+            raise ValueError(f"CaseStudyTraceSpec.workloads: entry {item!r} is not a (task, workload) pair")
+        pairs.append((str(item[0]), str(item[1])))
+    return tuple(pairs)
+
+
 def _validate(spec: CaseStudyTraceSpec) -> None:
     def fail(field: str, why: str) -> None:
         raise ValueError(f"CaseStudyTraceSpec.{field} {why}, got {getattr(spec, field)!r}")
@@ -179,3 +212,17 @@ def _validate(spec: CaseStudyTraceSpec) -> None:
         shares["chat-s"] / shares["chat-r"], CHAT_S_TO_CHAT_R, rel_tol=1e-6
     ):
         fail("mix", f"must keep chat-s : chat-r = {CHAT_S_TO_CHAT_R:g} : 1 (paper §8.3)")
+    if spec.lengths not in LENGTH_READINGS:
+        fail("lengths", f"must be one of {', '.join(LENGTH_READINGS)}")
+    mapped = [name for name, _ in spec.workloads]
+    if len(set(mapped)) != len(mapped):
+        fail("workloads", "names a task twice")
+    if set(mapped) != set(names):
+        missing, extra = sorted(set(names) - set(mapped)), sorted(set(mapped) - set(names))
+        fail("workloads", f"must give a workload to every task of the mix and no other (missing {missing}, "
+                          f"extra {extra})")
+    for name, workload in spec.workloads:
+        try:
+            workload_lengths(workload, spec.max_total_tokens, spec.lengths)
+        except UnknownWorkloadError as exc:
+            raise ValueError(f"CaseStudyTraceSpec.workloads: task {name!r}: {exc}") from None

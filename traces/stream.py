@@ -16,7 +16,8 @@ at rate ``share(code)`` (total 1 per unit), and wall time is ``t = Λ⁻¹(u)`` 
 for the diurnal rate ``λ`` (a time change: the rate follows ``λ`` while the traces' burstiness is
 kept). Conv requests get chat-s, chat-r or summarization drawn with the mix's shares (a fresh draw
 per tiled copy, seeded by the copy's index); lengths are the trace's own (input, output) pairs
-aligned to each task's benchmark means as in the §8.3 trace (``traces.workloads``).
+aligned to each task's benchmark means as in the §8.3 trace (``traces.workloads``), or raw
+(``lengths="raw"``). Which trace serves a task follows its workload (``workloads``; default ``TASK_WORKLOAD``).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from traces.azure import load_shipped_trace
-from traces.case_study import CASE_STUDY_TASKS, DEFAULT_MIX, TASK_WORKLOAD, _normalise_mix
-from traces.lengths import AlignedLengths
+from traces.case_study import CASE_STUDY_TASKS, DEFAULT_MIX, TASK_WORKLOAD, _normalise_mix, _normalise_workloads
+from traces.lengths import AlignedLengths, EmpiricalLengths
 from traces.synthetic import DiurnalRate, diurnal_rate
 from traces.trace import Trace
 from traces.transform import tile_period_s
-from traces.workloads import DEFAULT_MAX_TOTAL_TOKENS, workload_lengths
+from traces.workloads import (DEFAULT_MAX_TOTAL_TOKENS, LENGTH_READINGS, UnknownWorkloadError, workload_lengths,
+                              workload_spec)
 
 
 class TraceStream(Protocol):
@@ -111,14 +113,14 @@ def _rows(trace: Trace, lo: int, hi: int) -> Trace:
 
 WEEK_S = 7 * 86_400.0
 _NEWTON_TOLERANCE_S = 1e-9
-_CODE = "code"
 
 
 @dataclass(frozen=True, slots=True)
 class AzureWeekSpec:
     """Parameters of the tiled Azure trace. ``peak_rate_qps`` is the diurnal rate's peak (the mean is
-    ``peak * 2 / (1 + peak_to_trough)``); ``mix`` as in ``CaseStudyTraceSpec`` (code gets the code
-    trace, the other tasks share the conv trace)."""
+    ``peak * 2 / (1 + peak_to_trough)``); ``mix``, ``workloads`` and ``lengths`` as in ``CaseStudyTraceSpec``:
+    each task is served from the Azure trace its workload resamples (default: code gets the code trace, the
+    other tasks share the conv trace), with that workload's lengths (``rescaled`` or ``raw``)."""
 
     duration_s: float = WEEK_S
     peak_rate_qps: float = 100.0
@@ -128,9 +130,15 @@ class AzureWeekSpec:
     seed: int = 0
     chunk_s: float = 3600.0
     max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
+    workloads: tuple[tuple[str, str], ...] | None = None  # None: TASK_WORKLOAD for the mix's tasks
+    lengths: str = "rescaled"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mix", _normalise_mix(self.mix))
+        workloads = self.workloads
+        if workloads is None:
+            workloads = tuple((name, TASK_WORKLOAD[name]) for name, _ in self.mix if name in TASK_WORKLOAD)
+        object.__setattr__(self, "workloads", _normalise_workloads(workloads))
         for name in ("duration_s", "peak_rate_qps", "period_s", "chunk_s"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -145,6 +153,22 @@ class AzureWeekSpec:
             raise ValueError("AzureWeekSpec.mix shares must be finite and > 0")
         if abs(sum(share for _, share in self.mix) - 1.0) > 1e-6:
             raise ValueError("AzureWeekSpec.mix shares must sum to 1")
+        if self.lengths not in LENGTH_READINGS:
+            raise ValueError(f"AzureWeekSpec.lengths must be one of {', '.join(LENGTH_READINGS)}, got {self.lengths!r}")
+        mapped = dict(self.workloads)
+        if len(mapped) != len(self.workloads) or set(mapped) != set(names):
+            raise ValueError(f"AzureWeekSpec.workloads must give one workload to every task of the mix {names}, "
+                             f"got {list(self.workloads)}")
+        for name, workload in self.workloads:
+            try:
+                workload_spec(workload)
+            except UnknownWorkloadError as exc:
+                raise ValueError(f"AzureWeekSpec.workloads: task {name!r}: {exc} (a week tiles the Azure traces: "
+                                 f"only Azure-derived workloads)") from None
+
+    def azure_kind(self, task: str) -> str:
+        """The shipped Azure trace (conv, code) whose arrivals and pairs serve a task."""
+        return workload_spec(dict(self.workloads)[task]).azure_kind
 
     @property
     def rate(self) -> DiurnalRate:
@@ -197,7 +221,7 @@ class AzureWeekTrace:
         self.source = (
             f"azure-week: Azure LLM 2023 conv+code traces tiled over {spec.duration_s:g} s, diurnal rate peak "
             f"{spec.peak_rate_qps:g} req/s, peak/trough {spec.peak_to_trough:g}, period {spec.period_s:g} s, "
-            f"mix {dict(spec.mix)}, seed {spec.seed}"
+            f"mix {dict(spec.mix)}, workloads {dict(spec.workloads)}, {spec.lengths} lengths, seed {spec.seed}"
         )
         self._templates = self._build_templates()
         self._n_chunks = math.ceil(spec.duration_s / spec.chunk_s)
@@ -208,8 +232,9 @@ class AzureWeekTrace:
 
     def _build_templates(self) -> list[_Template]:
         shares = dict(self.spec.mix)
-        groups = (("conv", [t for t in CASE_STUDY_TASKS if t != _CODE and t in shares]),
-                  ("code", [_CODE] if _CODE in shares else []))
+        workloads = dict(self.spec.workloads)
+        groups = tuple((kind, [t for t in CASE_STUDY_TASKS if t in shares and self.spec.azure_kind(t) == kind])
+                       for kind in ("conv", "code"))
         templates = []
         for stream_id, (kind, names) in enumerate(groups):
             if not names:
@@ -222,10 +247,13 @@ class AzureWeekTrace:
             inputs = np.zeros((len(CASE_STUDY_TASKS), n), dtype=np.int64)
             outputs = np.zeros((len(CASE_STUDY_TASKS), n), dtype=np.int64)
             for name in names:
-                sampler = workload_lengths(TASK_WORKLOAD[name], self.spec.max_total_tokens)
-                assert isinstance(sampler, AlignedLengths)
+                sampler = workload_lengths(workloads[name], self.spec.max_total_tokens, self.spec.lengths)
                 k = CASE_STUDY_TASKS.index(name)
-                inputs[k], outputs[k] = sampler.align(trace.input_tokens, trace.output_tokens)
+                if isinstance(sampler, AlignedLengths):
+                    inputs[k], outputs[k] = sampler.align(trace.input_tokens, trace.output_tokens)
+                else:  # a raw azure-* workload: the trace's own pairs
+                    assert isinstance(sampler, EmpiricalLengths)
+                    inputs[k], outputs[k] = trace.input_tokens, trace.output_tokens
             templates.append(_Template(
                 offset=offset, period_u=n / total, input_tokens=inputs, output_tokens=outputs,
                 tasks=tuple(CASE_STUDY_TASKS.index(name) for name in names),

@@ -3,6 +3,8 @@
 ``sharegpt``, ``humaneval`` and ``newsqa`` resample Azure 2023 (input, output) pairs and scale them
 to the benchmark datasets' mean lengths (qMeter paper Table 2), as the paper's §8.3 does;
 ``azure-conv`` / ``azure-code`` are the raw pairs; ``fixed-<in>-<out>`` is a constant shape.
+The *length reading* (``LENGTH_READINGS``) says how the benchmark-aligned workloads use their Azure pairs:
+``rescaled`` (the default, as above) or ``raw`` (the same pairs unscaled, clipped to the same context).
 The Azure traces are loaded once per process (``traces.azure.load_shipped_trace`` is cached).
 """
 
@@ -15,6 +17,12 @@ from traces.azure import load_shipped_trace
 from traces.lengths import AlignedLengths, EmpiricalLengths, FixedLengths, LengthSampler
 
 DEFAULT_MAX_TOTAL_TOKENS = 4096  # Llama-2 context length: input + output must fit
+
+# How a benchmark-aligned workload (sharegpt, humaneval, newsqa) reads the Azure pairs it resamples:
+# ``rescaled`` scales them to the benchmark's mean lengths (qMeter §8.3 "aligning them with benchmarking
+# datasets"); ``raw`` keeps the Azure lengths (only the task's choice of Azure trace, conv or code, is aligned).
+# Both clip input + output to ``max_total_tokens``. Workloads without benchmark means read the same either way.
+LENGTH_READINGS = ("rescaled", "raw")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +79,18 @@ def workload_names() -> tuple[str, ...]:
     return (*WORKLOADS, FIXED_PATTERN)
 
 
-def workload_lengths(name: str, max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS) -> LengthSampler:
+def workload_lengths(name: str, max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS,
+                     lengths: str = "rescaled") -> LengthSampler:
     """The length sampler of a named workload; ``sampler.describe()`` gives its provenance.
 
     ``max_total_tokens`` bounds input + output of the aligned workloads (they are clipped) and of
     fixed shapes (an error); the raw ``azure-*`` pairs are returned unclipped (prompts up to
-    ~14k tokens), so the simulator rejects what a model's context cannot hold.
+    ~14k tokens), so the simulator rejects what a model's context cannot hold. ``lengths`` (one of
+    ``LENGTH_READINGS``): ``raw`` gives an aligned workload its Azure pairs unscaled (scale 1), clipped
+    as the rescaled ones, drawn with the same random numbers (same pairs, other scale).
     """
+    if lengths not in LENGTH_READINGS:
+        raise ValueError(f"length reading {lengths!r} is not one of {', '.join(LENGTH_READINGS)}")
     fixed = _fixed_shape(name)
     if fixed is not None:
         if sum(fixed) > max_total_tokens:
@@ -87,8 +100,19 @@ def workload_lengths(name: str, max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
     trace = load_shipped_trace(spec.azure_kind)
     if spec.mean_input_tokens is None or spec.mean_output_tokens is None:
         return EmpiricalLengths.from_trace(trace, provenance=spec.provenance)
+    base = EmpiricalLengths.from_trace(trace, provenance=f"Azure LLM {spec.azure_kind} trace 2023 pairs")
+    if lengths == "raw":
+        return AlignedLengths(  # scale exactly 1: the Azure lengths, clipped to the context
+            base=base,
+            mean_input_tokens=base.mean_input_tokens,
+            mean_output_tokens=base.mean_output_tokens,
+            max_total_tokens=max_total_tokens,
+            provenance=(f"measured: Azure LLM {spec.azure_kind} trace 2023 (Azure/AzurePublicDataset, CC-BY-4.0), "
+                        f"raw pairs for {name} (not rescaled to its benchmark means); input+output <= "
+                        f"{max_total_tokens}"),
+        )
     return AlignedLengths(
-        base=EmpiricalLengths.from_trace(trace, provenance=f"Azure LLM {spec.azure_kind} trace 2023 pairs"),
+        base=base,
         mean_input_tokens=spec.mean_input_tokens,
         mean_output_tokens=spec.mean_output_tokens,
         max_total_tokens=max_total_tokens,
