@@ -198,23 +198,44 @@ class ProfileSet:
 
         Above the curve's highest point there is no answer (an error, not a clamp). Below its lowest
         point the replica is mostly idle: power falls linearly towards ``idle_w`` with the load and
-        tokens fall in proportion, which is what the curve's own low end does."""
+        tokens fall in proportion, which is what the curve's own low end does (``energy_per_token_at``)."""
         curve = self.curve(key, workload)
-        qps_points = curve["qps"].to_numpy()
-        energy = curve["energy_per_output_token_j"].to_numpy()
-        if qps > qps_points[-1] * (1 + 1e-9):
+        top = float(curve["qps"].iloc[-1])
+        if qps > top * (1 + 1e-9):
             raise ProfileError(
                 f"{self.path}/curves.parquet: {key.label} on '{workload}' is measured up to "
-                f"{qps_points[-1]:.3g} req/s; {qps:.3g} req/s is beyond the curve"
+                f"{top:.3g} req/s; {qps:.3g} req/s is beyond the curve"
             )
-        if qps >= qps_points[0]:
-            return float(np.interp(qps, qps_points, energy))
-        q0 = float(qps_points[0])
-        power0 = float(curve["mean_power_w"].iloc[0])
-        tokens0 = float(curve["output_tokens_per_s"].iloc[0])
-        idle = self.step(key).idle_w
-        load = max(qps, 1e-9) / q0
-        return (idle + (power0 - idle) * load) / (tokens0 * load)
+        return float(energy_per_token_at(EnergyCurve.of(curve, self.step(key).idle_w), np.array([qps]))[0])
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyCurve:
+    """The arrays of one curve that energy per token at any load is computed from."""
+
+    qps: np.ndarray
+    energy_per_output_token_j: np.ndarray
+    mean_power_w: float  # at the lowest point
+    output_tokens_per_s: float  # at the lowest point
+    idle_w: float
+
+    @classmethod
+    def of(cls, curve: pd.DataFrame, idle_w: float) -> "EnergyCurve":
+        return cls(curve["qps"].to_numpy(dtype=float), curve["energy_per_output_token_j"].to_numpy(dtype=float),
+                   float(curve["mean_power_w"].iloc[0]), float(curve["output_tokens_per_s"].iloc[0]), float(idle_w))
+
+
+def energy_per_token_at(curve: EnergyCurve, qps: np.ndarray) -> np.ndarray:
+    """Energy per output token at each load (vectorised ``ProfileSet.energy_per_token_j``; NaN above the curve)."""
+    qps = np.asarray(qps, dtype=float)
+    q0 = float(curve.qps[0])
+    out = np.interp(qps, curve.qps, curve.energy_per_output_token_j)
+    low = qps < q0
+    if low.any():
+        load = np.maximum(qps[low], 1e-9) / q0
+        out[low] = (curve.idle_w + (curve.mean_power_w - curve.idle_w) * load) / (curve.output_tokens_per_s * load)
+    out[qps > curve.qps[-1] * (1 + 1e-9)] = np.nan
+    return out
 
 
 def saturation_from_curve(curve: pd.DataFrame, slo: LatencySlo) -> float:

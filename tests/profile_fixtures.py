@@ -48,3 +48,46 @@ def hand_made_profiles(root: Path) -> ProfileSet:
                                     "provenance": "assumption", "source": "test fixture"}]),
     }
     return ProfileSet.load(write_profile_set(root / "hand", {"name": "hand"}, tables))
+
+
+# --- §8.2 DP/TP: energy per token idle_w / (qps x tokens) + active J per token, so a second replica costs idle power
+DP_TP_TOKENS = 200.0  # output tokens per request
+DP_TP_QPS = (0.5, 1, 2, 4, 6, 8, 10, 12, 15, 20, 25)  # curve points (req/s)
+# config -> (idle W, active J per output token, saturation req/s, quality)
+DP_TP_HAND = {
+    ("g1", "m", "fp16", 1): (100.0, 0.05, 10.0, 60.0),  # A: cheapest up to its saturation
+    ("g2", "m", "fp16", 1): (150.0, 0.06, 20.0, 60.0),  # B: one replica covers 10-20 req/s
+    ("g1", "m", "w4a16-int", 1): (100.0, 0.01, 10.0, 40.0),  # cheapest of all, but below the quality floor 50
+    ("g1", "m", "w8a8-int", 2): (200.0, 0.04, 12.0, 55.0),  # TP2: never cheapest
+}
+
+
+def dp_tp_energy_j(config: tuple, qps: float) -> float:
+    idle, active, _, _ = DP_TP_HAND[config]
+    return idle / (qps * DP_TP_TOKENS) + active
+
+
+def dp_tp_profiles(root: Path) -> ProfileSet:
+    steps, curves, sats, quality = [], [], [], []
+    tag = {"provenance": "assumption", "source": "test fixture"}
+    for config, (idle, active, sat, score) in DP_TP_HAND.items():
+        gpu, model, quant, tp = config
+        base = {"gpu": gpu, "model": model, "quant": quant, "tp": tp}
+        steps.append({**base, **make_step(idle_w=idle, active_w=idle + 50.0).as_dict(), **tag})
+        for q in DP_TP_QPS:
+            tokens = q * DP_TP_TOKENS
+            row = {m: 0.0 for m in CURVE_METRICS}
+            row.update(p90_ttft_s=0.5 if q <= sat else 5.0, p90_tpot_s=0.05, throughput_qps=q,
+                       output_tokens_per_s=tokens, mean_power_w=idle + active * tokens,
+                       energy_per_output_token_j=dp_tp_energy_j(config, q))
+            curves.append({**base, "workload": "w", "qps": float(q), **row, "n_requests": 100, **tag})
+        sats.append({**base, "workload": "w", "slo_ttft_s": SLO[0], "slo_tpot_s": SLO[1], "saturation_qps": sat,
+                     "energy_per_output_token_j": dp_tp_energy_j(config, sat), "probes": 1, **tag})
+        quality.append({"model": model, "quant": quant, "task": "t", "score": score, **tag})
+    tables = {
+        "step_models": pd.DataFrame(steps), "curves": pd.DataFrame(curves), "saturation": pd.DataFrame(sats),
+        "quality": pd.DataFrame(quality).drop_duplicates(["model", "quant", "task"]),
+        "workloads": pd.DataFrame([{"workload": "w", "mean_input_tokens": 300.0, "mean_output_tokens": DP_TP_TOKENS,
+                                    **tag}]),
+    }
+    return ProfileSet.load(write_profile_set(root / "dp_tp", {"name": "dp_tp"}, tables))

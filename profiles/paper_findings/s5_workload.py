@@ -7,12 +7,15 @@ the profile curves are made: a 2-minute Poisson burst at 5 req/s on each config'
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from profiles.catalog import QUANTS
 from profiles.paper_findings.common import FP16, KV_PAIRS, WEIGHT_ONLY, WORKLOADS, Outcome, check, ms
 from profiles.paper_findings.data import S51_INPUTS_TOKENS, S51_OUTPUTS_TOKENS, NotCheckable, Reader
 from profiles.paper_findings.s4_application import GENERALLY, QUANTIZED, k34
+from profiles.schema import ConfigKey
 
 NEARLY_ALL = 0.8  # "nearly all": at least four in five
 LOAD_POINTS = 40  # QPS grid for the energy-optimal-configuration scan (§5.2, Figure 8)
@@ -85,11 +88,16 @@ def length_energy_crossover(r: Reader) -> Outcome:
 
 # --- §5.2 load intensity ---------------------------------------------------------------------------
 
-def saturations(r: Reader, workload: str) -> dict[str, float]:
-    """Saturation of every 34B one-H100 method on a workload; FP16 and at least one other are needed."""
-    out = {q: r.saturation_qps(k34(q), workload) for q in QUANTS if r.has(k34(q), workload)}
-    if FP16 not in out or len(out) < 2:
+def saturations(r: Reader, workload: str, key_of: Callable[[str], ConfigKey] = k34,
+                require_fp16: bool = True) -> dict[str, float]:
+    """Saturation of every method of a config family (default 34B on one H100) on a workload; FP16 and at least
+    one other are needed unless ``require_fp16`` is off (a report drawing whatever a profile set holds)."""
+    out = {q: r.saturation_qps(key_of(q), workload) for q in QUANTS if r.has(key_of(q), workload)}
+    if require_fp16 and (FP16 not in out or len(out) < 2):
         raise NotCheckable(f"{workload}: 34B one-H100 saturation needs FP16 and a quantized method")
+    if not out:
+        raise NotCheckable(f"{workload}: no method of {key_of(FP16).gpu} {key_of(FP16).model} TP{key_of(FP16).tp} "
+                           "has a curve")
     return out
 
 
@@ -211,14 +219,16 @@ def kv_high_load(r: Reader) -> Outcome:
                    + ", ".join(f"{w} {n}/{t}" for w, (n, t) in counts.items()) + " (method, metric) cells")
 
 
-def optimal_by_load(r: Reader, w: str) -> list[tuple[float, str, float]]:
-    """(QPS, energy-optimal SLO-meeting method, its energy saving vs FP16 or NaN) over the load range."""
-    sat = saturations(r, w)
+def optimal_by_load(r: Reader, w: str, key_of: Callable[[str], ConfigKey] = k34,
+                    require_fp16: bool = True) -> list[tuple[float, str, float]]:
+    """(QPS, energy-optimal SLO-meeting method, its energy saving vs FP16 or NaN) over the load range, for a config
+    family (default 34B on one H100; ``experiments.characterization`` draws it for any family)."""
+    sat = saturations(r, w, key_of, require_fp16)
     top = max(sat.values())
     out = []
     for qps in np.linspace(top / LOAD_POINTS, top, LOAD_POINTS):
         ok = [q for q, s in sat.items() if s >= qps - 1e-9]
-        e = {q: r.energy_j(k34(q), w, qps) for q in ok}
+        e = {q: r.energy_j(key_of(q), w, qps) for q in ok}
         best = min(e, key=e.get)
         saving = 1 - e[best] / e[FP16] if FP16 in e else float("nan")
         out.append((float(qps), best, saving))
