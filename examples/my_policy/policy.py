@@ -27,8 +27,10 @@ class FewestGpus(PerTaskPolicy):
         self.peak_windows = int(peak_windows)
 
     def planned_load(self, ctx: PlanContext, task: str) -> float:
-        recent = [load.get(task, 0.0) for _, load in ctx.load_history[len(ctx.load_history) - self.peak_windows + 1:]]
-        return max([ctx.load_qps[task], *recent]) if self.peak_windows > 1 else ctx.load_qps[task]
+        if self.peak_windows == 1:
+            return ctx.load_qps[task]
+        recent = ctx.load_history[-(self.peak_windows - 1):]  # (time_s, {task: req/s}), oldest first
+        return max([ctx.load_qps[task], *(load.get(task, 0.0) for _, load in recent)])
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         load = self.planned_load(ctx, task.name)
