@@ -25,14 +25,14 @@ import simpy
 from profiles.catalog import GPUS, MODELS, QUANTS, weight_bytes
 from profiles.profile_set import ProfileSet
 from profiles.schema import ConfigKey
-from sim.deployment import Deployment, PlanContext, TaskSpec
+from sim.deployment import Deployment, FleetView, PlanContext, PoolState, TaskSpec
 from sim.instance import MAX_REQUEST_ID, Instance
 from sim.planning import CachedProfiles
-from sim.policies import Policy
+from sim.policy_api import Policy, check_deployment
 from sim.pool import Pool
 from sim.prefix_cache import PrefixCacheSettings
 from sim.requests import PENDING, RequestTable
-from sim.router import make_router
+from sim.router import RouterSpec, make_router
 from traces.trace import Trace
 
 
@@ -41,7 +41,7 @@ class ClusterSettings:
     """How the cluster behaves around the policy (all times in simulated seconds)."""
 
     gpu_types: tuple[str, ...] = ("a100-40gb", "h100-80gb")
-    router: str = "least_outstanding"
+    router: RouterSpec = "least_outstanding"  # a shipped router's name, or a factory of one router per pool
     replan_interval_s: float | None = 300.0  # None: plan once at the start
     load_estimate: str = "oracle"  # "oracle": the window's true rate; "trailing": the last window's
     engine_start_s: float = 20.0  # assumption: process start, engine build/deserialise, warm-up
@@ -141,6 +141,14 @@ class LoadEstimator:
         return float(self.counter.count(task_id, lo, hi)) / self.window_s
 
 
+def policy_label(policy: object) -> str:
+    """How a policy is named in messages: its ``name``, else its class, with the class path."""
+    cls = type(policy)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    name = getattr(policy, "name", "") or ""
+    return f"'{name}' ({path})" if name else path
+
+
 FEED_BLOCK = 1 << 16  # arrivals routed between two progress reports / ring flushes
 
 
@@ -181,6 +189,9 @@ class _Run:
         self.window_s = settings.replan_interval_s or max(duration_s, 1.0)
         self.estimator = LoadEstimator(counter, self.window_s, settings.load_estimate)
         self.deployments: list[tuple[float, Deployment]] = []
+        self.load_history: list[tuple[float, dict[str, float]]] = []
+        self._configs = frozenset(self.profiles.configs())
+        self._policy_label = policy_label(policy)
         self.now_s = 0.0  # the arrival clock, advanced as SimPy would: now + (arrival - now)
         self.routed = 0
 
@@ -194,10 +205,33 @@ class _Run:
         load = {t.name: 0.0 for t in self.tasks}
         for task_id, name in enumerate(self.task_names):
             load[name] = self.estimator.rate_qps(task_id, env.now)
-        deployment = self.policy.plan(PlanContext(self.tasks, load, self.profiles, self.settings.gpu_types, env.now))
+        current = self.deployments[-1][1] if self.deployments else None
+        ctx = PlanContext(self.tasks, load, self.profiles, self.settings.gpu_types, env.now,
+                          load_history=tuple(self.load_history), current=current, fleet=self._fleet(),
+                          window_s=self.window_s if self.settings.replan_interval_s is not None else None)
+        deployment = check_deployment(self.policy.plan(ctx), ctx, self._policy_label, self._configs)
+        self.load_history.append((env.now, load))
         self.deployments.append((env.now, deployment))
         for plan in deployment.plans:
             self.pools[plan.task].apply(plan, initial=initial)
+
+    def _fleet(self) -> FleetView:
+        """Every pool as it stands now (replicas counted, not advanced)."""
+        pools = {}
+        for name, pool in self.pools.items():
+            plan = pool.plan
+            serving = loading = draining = gpus = 0
+            for replica in pool.replicas:
+                gpus += replica.gpus
+                if replica.serving:
+                    serving += 1
+                elif replica.accepting and not replica.ready:
+                    loading += 1
+                else:
+                    draining += 1
+            pools[name] = PoolState(name, plan.key if plan else None, plan.dp if plan else 0, serving, loading,
+                                    draining, gpus)
+        return FleetView(self.settings.gpu_types, pools)
 
     def _replanner(self):
         env = self.env

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from profiles.engine_settings import (ENGINE_FIELDS, EngineOverrides, EngineSettings, EngineSettingsError, PRESETS,
                                      apply_engine_settings, check_engine_field, profile_kv_fraction)
 from profiles.profile_set import LatencySlo, ProfileError, ProfileSet, default_profile_path
 from sim.cluster import ClusterSettings
 from sim.deployment import TaskSpec
-from sim.policies import Policy, make_policy
+from sim.plugins import PluginError, instantiate, load_plugin
+from sim.policy_api import Policy
 from sim.prefix_cache import PrefixCacheSettings
-from sim.router import ROUTERS
+from sim.router import RouterSpec
 from traces.azure import load_azure_trace, load_shipped_trace
 from traces.case_study import CASE_STUDY_TASKS, CaseStudyTraceSpec, build_case_study_trace
 from traces.shared_prefix import SharedPrefixSpec, SharedPrefixStream, add_shared_prefixes
@@ -123,17 +124,6 @@ class ClusterConf:
 
 
 @dataclass
-class PolicyConf:
-    name: str = MISSING
-    headroom: Optional[float] = None  # slo_energy_optimal only: replicas kept at this fraction of saturation
-
-
-@dataclass
-class RouterConf:
-    name: str = MISSING
-
-
-@dataclass
 class ProfilesConf:
     path: Optional[str] = None
 
@@ -161,8 +151,10 @@ class OutputsConf:
 class SimConf:
     trace: TraceConf = field(default_factory=TraceConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
-    policy: PolicyConf = field(default_factory=PolicyConf)
-    router: RouterConf = field(default_factory=RouterConf)
+    # Plug-ins (sim.plugins): {_target_: an importable class, name: optional label, its parameters...}; open nodes,
+    # checked against the class's constructor when the run is built.
+    policy: Any = MISSING
+    router: Any = MISSING
     profiles: ProfilesConf = field(default_factory=ProfilesConf)
     slo: SloConf = field(default_factory=SloConf)
     engine: EngineConf = field(default_factory=EngineConf)
@@ -180,6 +172,7 @@ class RunSpec:
     policy: Policy
     profiles: ProfileSet
     settings: ClusterSettings
+    policy_label: str = ""  # the run's label: policy.name, else the class's name
 
 
 def _fail(key: str, why: str) -> ConfigError:
@@ -215,8 +208,7 @@ NUMERIC_RANGES: dict[str, tuple[float, bool, float | None, bool, bool]] = {
     "cluster.max_queue": (1, True, None, True, True),
     "cluster.drain_limit_s": (0, True, None, False, False),
     "cluster.prefix_cache.block_tokens": (1, True, None, True, False),
-    "policy.headroom": (0, False, 1, False, True),
-}
+}  # policy and router parameters: each plug-in class's ``param_ranges`` (sim.plugins)
 PER_TASK_RANGES: dict[str, tuple[float, bool, float | None, bool, bool]] = {
     "ttft_s": (0, False, None, False, False),
     "tpot_s": (0, False, None, False, False),
@@ -278,9 +270,6 @@ def validate_settings(cfg: Any) -> None:
         for field_name, rule in SHARED_PREFIX_TASK_RANGES.items():
             check_number(f"trace.shared_prefix.tasks.{name}.{field_name}", override[field_name], rule)
     _check_trace_tasks(cfg.trace)
-    if cfg.policy.headroom is not None and str(cfg.policy.name) != "slo_energy_optimal":
-        raise _fail("policy.headroom", f"policy '{cfg.policy.name}' does not use it (only slo_energy_optimal "
-                                       f"sizes replicas to a headroom); remove it, got {cfg.policy.headroom!r}")
     _check_trace_keys(cfg.trace)
     _check_trace_size(cfg)
 
@@ -583,18 +572,13 @@ def check_engines(cfg: Any, tasks: tuple[TaskSpec, ...], profiles: ProfileSet) -
 def build_run(cfg: Any) -> RunSpec:
     """Validate the whole configuration and build the run's values, or raise ConfigError."""
     validate_settings(cfg)
-    if cfg.router.name not in ROUTERS:
-        raise _fail("router.name", f"'{cfg.router.name}' is not one of {sorted(ROUTERS)}")
-    try:
-        policy = make_policy(str(cfg.policy.name),
-                             None if cfg.policy.headroom is None else float(cfg.policy.headroom))
-    except ValueError as exc:
-        raise _fail("policy", str(exc)) from None
+    policy, policy_label = build_policy(cfg.get("policy"))
+    router = build_router(cfg.get("router"))
     c = cfg.cluster
     try:
         settings = ClusterSettings(
             gpu_types=tuple(str(g) for g in c.gpu_types),
-            router=str(cfg.router.name),
+            router=router,
             replan_interval_s=c.replan_interval_s,
             load_estimate=str(c.load_estimate),
             engine_start_s=float(c.engine_start_s),
@@ -632,4 +616,61 @@ def build_run(cfg: Any) -> RunSpec:
     extra = [n for n in trace.task_names if n not in names]
     if extra:
         raise _fail("cluster.pools", f"the trace has task(s) {extra} with no pool")
-    return RunSpec(trace, tasks, policy, profiles, settings)
+    return RunSpec(trace, tasks, policy, profiles, settings, policy_label)
+
+
+def _plugin_node(node: Any, group: str) -> dict:
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if node is None or node == "???":
+        raise _fail(group, f"missing: choose one with {group}=<option> or {group}._target_=package.module.Class")
+    if not isinstance(node, dict):
+        raise _fail(group, f"must be a mapping with _target_ (an importable class) and its parameters, got {node!r}")
+    return node
+
+
+def build_policy(node: Any) -> tuple[Policy, str]:
+    """The policy the ``policy`` node names (``_target_`` and its parameters; ``sim.policy_api``), and its label."""
+    try:
+        plugin = load_plugin(_plugin_node(node, "policy"), "policy", "the policy interface (sim.policy_api.Policy: "
+                             "plan(ctx) -> Deployment)", ("plan",), check_number)
+        policy = instantiate(plugin, "policy")
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+    if not (getattr(policy, "name", "") or ""):
+        try:
+            policy.name = plugin.label  # how messages name it
+        except AttributeError:
+            pass
+    return policy, plugin.label
+
+
+def build_router(node: Any) -> RouterSpec:
+    """A factory of the router the ``router`` node names (one router per pool; ``sim.router_api``). One router is
+    made here, so a constructor that refuses its parameters fails now."""
+    try:
+        plugin = load_plugin(_plugin_node(node, "router"), "router", "the router interface (sim.router_api.Router: "
+                             "pick(replicas, now_s) -> replica or None)", ("pick",), check_number)
+        instantiate(plugin, "router")
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+    return plugin.factory()
+
+
+def plugin_label(node: Any) -> str:
+    """A plug-in node's label for file names (Hydra resolver ``qfleet_label``): ``name``, else the class's ``name``,
+    else its class name; never fails (a bad node is reported when the run is built)."""
+    try:
+        if node.get("name"):
+            return str(node.get("name"))
+        target = str(node.get("_target_"))
+        try:
+            from sim.plugins import import_target
+            declared = getattr(import_target(target, "_target_"), "name", None)
+            if isinstance(declared, str) and declared:
+                return declared
+        except Exception:
+            pass
+        return target.rsplit(".", 1)[-1] or "plugin"
+    except Exception:
+        return "plugin"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -26,15 +27,18 @@ class TaskSpec:
 
 @dataclass(frozen=True, slots=True)
 class PoolPlan:
-    """One task's deployment: ``dp`` replicas of one config, and what the profile predicts for it."""
+    """One task's deployment: ``dp`` replicas of one config, and what the profile predicts for it.
+
+    Only ``task``, ``key`` and ``dp`` decide what runs; the predictions are reported in ``deployments.csv``
+    (NaN: the policy did not say)."""
 
     task: str
     key: ConfigKey
     dp: int
-    load_qps: float
-    saturation_qps: float
-    predicted_energy_per_output_token_j: float
-    quality: float
+    load_qps: float = math.nan
+    saturation_qps: float = math.nan
+    predicted_energy_per_output_token_j: float = math.nan
+    quality: float = math.nan
 
     @property
     def gpus(self) -> int:
@@ -57,11 +61,43 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolState:
+    """One task's pool as it stands when a policy is asked to plan (replicas counted at ``PlanContext.now_s``)."""
+
+    task: str
+    key: ConfigKey | None  # the config of the current plan (None before the first plan)
+    dp: int  # replicas the current plan asks for (0 before the first plan)
+    serving: int  # replicas taking requests now
+    loading: int  # replicas still loading their model (of the current plan's config)
+    draining: int  # replicas no longer taking requests, finishing what they hold
+    gpus: int  # GPUs held by every replica not yet released (serving, loading and draining)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """The fleet a policy plans for: the GPU types it may use and every pool's state."""
+
+    gpu_types: tuple[str, ...]
+    pools: Mapping[str, PoolState]
+
+    @property
+    def gpus(self) -> int:
+        """GPUs held now, all pools together."""
+        return sum(p.gpus for p in self.pools.values())
+
+
+@dataclass(frozen=True, slots=True)
 class PlanContext:
-    """What a policy may look at when it plans a window."""
+    """What a policy may look at when it plans a window (the interface is documented in ``sim.policy_api``)."""
 
     tasks: tuple[TaskSpec, ...]
     load_qps: Mapping[str, float]
     profiles: ProfileSet
     gpu_types: tuple[str, ...]
     now_s: float
+    # Earlier windows' load estimates, oldest first: (time the window was planned, {task: req/s}); the current
+    # window's estimate is ``load_qps`` and is not in it.
+    load_history: tuple[tuple[float, Mapping[str, float]], ...] = ()
+    current: Deployment | None = None  # the plan in force (None at the first plan)
+    fleet: FleetView | None = None  # pools as they stand now (None when planning outside a run)
+    window_s: float | None = None  # seconds until the next re-plan (None: this plan holds to the end)

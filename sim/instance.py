@@ -188,6 +188,37 @@ class Instance:
         self.batch_extrapolated = 0  # requests admitted into a batch larger than the fit's largest
         self.batch_only_extrapolated = 0  # ... of which prompt and context lie inside the fit domain
 
+    # --- what a router reads (the replica view of ``sim.router_api``) ----------------------------------
+
+    def sync(self, now_s: float) -> None:
+        """Bring the replica up to ``now_s`` (it is advanced lazily): afterwards its queue, batch and KV figures
+        reflect every iteration that ended before ``now_s``."""
+        if self.next_s < now_s:
+            self.advance(now_s)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission."""
+        return len(self.waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests admitted (prefilling or decoding) and not finished: the running batch."""
+        return self.outstanding - len(self.waiting)
+
+    @property
+    def kv_used_tokens(self) -> int:
+        """KV-cache tokens reserved by the running batch (input + output of every admitted request)."""
+        return self._kv_reserved
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.step.kv_capacity_tokens
+
+    @property
+    def max_batch(self) -> int:
+        return self.step.max_batch
+
     # --- what the router and the pool call ---------------------------------------------------------
 
     def enqueue(self, rid: int, now_s: float) -> None:

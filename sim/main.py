@@ -23,12 +23,13 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from sim.cluster import simulate
-from sim.config import ConfigError, SimConf, build_run
+from sim.config import ConfigError, SimConf, build_run, plugin_label
 from sim.planning import NoFeasibleConfig
+from sim.policy_api import PlanError
 from profiles.profile_set import ProfileError
 from sim.metrics import extrapolation_lines, requests_frame, summarize
 from sim.report import comparison_rows, finished_summary, format_comparison, write_error, write_run, write_stream_run
@@ -37,6 +38,8 @@ from traces.stream import ChunkedTrace
 from traces.trace import Trace
 
 ConfigStore.instance().store(name="qfleet_schema", node=SimConf)
+# ``${qfleet_label:${policy}}`` in run-folder names: the policy's label (sim.config.plugin_label)
+OmegaConf.register_new_resolver("qfleet_label", plugin_label, replace=True)
 
 
 def peak_rss_mb() -> float:
@@ -47,7 +50,7 @@ def peak_rss_mb() -> float:
 def run(cfg: DictConfig, out_dir: Path, extra: dict | None = None) -> dict:
     """One simulation from a composed config; returns the summary (also written under out_dir)."""
     spec = build_run(cfg)
-    label = spec.policy.name
+    label = spec.policy_label
     streaming = cfg.outputs.streaming if cfg.outputs.streaming is not None else not isinstance(spec.trace, Trace)
     bar = None
     if cfg.progress:
@@ -60,7 +63,7 @@ def run(cfg: DictConfig, out_dir: Path, extra: dict | None = None) -> dict:
     started = time.perf_counter()
     try:
         return _simulate(cfg, spec, out_dir, extra, label, streaming, bar, progress, started)
-    except (NoFeasibleConfig, ProfileError) as exc:  # found while planning: the settings cannot be served
+    except (NoFeasibleConfig, ProfileError, PlanError) as exc:  # found while planning: cannot be served
         raise ConfigError(str(exc)) from None
 
 
@@ -104,7 +107,7 @@ def main(cfg: DictConfig) -> dict | None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode.name == "MULTIRUN"
     overrides = list(hydra_cfg.overrides.task)
-    job = {"run": out_dir.name if multirun else str(cfg.policy.name),
+    job = {"run": out_dir.name if multirun else plugin_label(cfg.policy),
            "job_num": hydra_cfg.job.num if multirun else 0, "overrides": overrides, "pid": os.getpid()}
     if multirun:
         done = finished_summary(out_dir, overrides)

@@ -17,9 +17,8 @@ changes.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
-from sim.deployment import Deployment, PlanContext, PoolPlan, TaskSpec
+from sim.deployment import PlanContext, PoolPlan, TaskSpec
+from sim.policy_api import PerTaskPolicy, Policy
 from sim.planning import (
     NoFeasibleConfig,
     candidate,
@@ -33,18 +32,7 @@ from sim.planning import (
 )
 
 
-class Policy(ABC):
-    name: str = ""
-
-    def plan(self, ctx: PlanContext) -> Deployment:
-        return Deployment(tuple(self.plan_task(ctx, task) for task in ctx.tasks))
-
-    @abstractmethod
-    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
-        """One task's pool for the load in ``ctx.load_qps[task.name]``."""
-
-
-class Fp16Only(Policy):
+class Fp16Only(PerTaskPolicy):
     name = "fp16_only"
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
@@ -58,7 +46,7 @@ class Fp16Only(Policy):
         return energy_optimal(cands).plan(task.name, load)
 
 
-class QualityFirst(Policy):
+class QualityFirst(PerTaskPolicy):
     name = "quality_first"
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
@@ -74,7 +62,7 @@ class QualityFirst(Policy):
         return energy_optimal(top).plan(task.name, load)
 
 
-class EnergyFirst(Policy):
+class EnergyFirst(PerTaskPolicy):
     name = "energy_first"
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
@@ -92,8 +80,9 @@ class EnergyFirst(Policy):
         return cand.plan(task.name, load)
 
 
-class SloEnergyOptimal(Policy):
+class SloEnergyOptimal(PerTaskPolicy):
     name = "slo_energy_optimal"
+    param_ranges = {"headroom": (0, False, 1, False, True)}  # checked when the config is read
 
     def __init__(self, headroom: float | None = 0.9):
         headroom = 0.9 if headroom is None else headroom
@@ -130,4 +119,4 @@ def make_policy(name: str, headroom: float | None = None) -> Policy:
     return POLICIES[name]()
 
 
-__all__ = ["Policy", "POLICIES", "make_policy", "replicas_for"]
+__all__ = ["Policy", "PerTaskPolicy", "POLICIES", "make_policy", "replicas_for"]

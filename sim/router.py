@@ -1,17 +1,11 @@
-"""Routers: which replica of a pool gets the next request."""
+"""Routers: which replica of a pool gets the next request (the interface: ``sim.router_api``)."""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Sequence, Union
 
 from sim.instance import Instance
-
-
-class Router(Protocol):
-    name: str
-
-    def pick(self, replicas: Sequence[Instance], now_s: float) -> Instance | None:
-        """A serving replica for a request arriving at ``now_s``, or None when none serves."""
+from sim.router_api import Router
 
 
 class RoundRobin:
@@ -55,9 +49,15 @@ class LeastOutstanding:
 
 ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding}
 
+# What ``ClusterSettings.router`` holds: a shipped router's name, or a factory making one router per pool.
+RouterSpec = Union[str, Callable[[], Router]]
 
-def make_router(name: str) -> Router:
+
+def make_router(spec: RouterSpec) -> Router:
+    """A fresh router (one per pool) from a shipped router's name or a factory (a plug-in's class and params)."""
+    if callable(spec):
+        return spec()
     try:
-        return ROUTERS[name]()
+        return ROUTERS[spec]()
     except KeyError:
-        raise ValueError(f"router.name='{name}' is not one of {sorted(ROUTERS)}") from None
+        raise ValueError(f"router.name='{spec}' is not one of {sorted(ROUTERS)}") from None

@@ -69,7 +69,7 @@ SIM_CASES = [
     ("engine_start_s NaN", lambda t: ["cluster.engine_start_s=nan"], "'cluster.engine_start_s': must be a finite number >= 0"),
     ("max_queue -1", lambda t: ["cluster.max_queue=-1"], "'cluster.max_queue': must be a whole number >= 1 or null, got -1"),
     ("drain_limit_s -1", lambda t: ["cluster.drain_limit_s=-1"], "'cluster.drain_limit_s': must be a finite number >= 0"),
-    ("headroom on a policy that ignores it", lambda t: ["policy.headroom=0.5"],
+    ("headroom on a policy that ignores it", lambda t: ["+policy.headroom=0.5"],
      "'policy.headroom': policy 'fp16_only' does not use it"),
     ("headroom out of range", lambda t: ["policy=slo_energy_optimal", "policy.headroom=1.5"],
      "'policy.headroom': must be a finite number in (0, 1] or null, got 1.5"),

@@ -52,7 +52,7 @@ def test_unknown_group_option_is_named():
     [
         ("cluster.load_estimate=psychic", "cluster.load_estimate"),
         ("trace.total_rate_qps=-3", "trace.total_rate_qps"),
-        ("router.name=random", "router.name"),
+        ("router._target_=sim.router.Random", "router._target_"),
         ("cluster.pools.chat-s.model=llama9-1t", "cluster.pools.chat-s.model"),
         ("cluster.pools.code.workload=poems", "cluster.pools.code.workload"),
         ("slo.tasks.code.ttft_s=0", "slo.tasks.code.ttft_s"),

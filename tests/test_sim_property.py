@@ -63,7 +63,7 @@ def settings_and_trace(draw) -> tuple[str | None, list[str]]:
     policy = draw(st.sampled_from(["fp16_only", "quality_first", "energy_first", "slo_energy_optimal"]))
     ov.append(f"policy={policy}")
     if draw(st.integers(0, 1 if policy == "slo_energy_optimal" else 9)) == 1:  # elsewhere unused: an error
-        ov.append(f"policy.headroom={fmt(draw(maybe_bad(st.floats(0.1, 1.0))))}")
+        ov.append(f"++policy.headroom={fmt(draw(maybe_bad(st.floats(0.1, 1.0))))}")
     ov += [
         f"seed={draw(st.integers(0, 9).flatmap(lambda k: st.integers(-3, -1) if k == 9 else st.integers(0, 2**31)))}",
         f"cluster.engine_start_s={fmt(draw(maybe_bad(st.floats(0, 30))))}",

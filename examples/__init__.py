@@ -1,0 +1,1 @@
+"""Examples that live outside qfleet's own packages (importable when run from the repository root)."""

@@ -1,0 +1,119 @@
+"""The policy plug-in interface: what a deployment policy sees, what it returns, and how a plan is checked.
+
+A policy is any importable class chosen by Hydra ``_target_`` (``policy._target_=my_pkg.MyPolicy``); the
+other keys of the ``policy`` node are its constructor's keyword arguments (``name`` excepted: the run's
+label, see below). The cluster makes one instance per run and calls ``plan(ctx)`` at the start and at every
+re-plan window (``cluster.replan_interval_s``).
+
+What it sees, ``ctx: PlanContext`` (``sim.deployment``), read-only:
+
+* ``tasks`` - one ``TaskSpec`` per pool: ``name``, ``model``, ``workload`` (the profile workload describing its
+  lengths), ``slo`` (``ttft_s``, ``tpot_s``: P90 targets) and ``quality_min``;
+* ``load_qps`` - ``{task: req/s}`` to plan this window for (``cluster.load_estimate``: the window's true rate, or
+  the last window's), and ``load_history`` - the earlier windows' estimates, ``((time_s, {task: req/s}), ...)``,
+  oldest first, for policies that forecast;
+* ``profiles`` - the profile set (``profiles.profile_set.ProfileSet``, memoised): ``configs()``,
+  ``saturation_qps(key, workload, slo)``, ``energy_per_token_j(key, workload, qps)``,
+  ``quality_score(model, quant, task)``, ``curve(key, workload)`` (the QPS sweep: P50/P90/P99 TTFT and TPOT,
+  throughput, power, energy per token), ``step(key)`` (the step model);
+* ``current`` - the ``Deployment`` in force (None at the first plan); ``fleet`` - a ``FleetView``: the GPU types
+  the policy may use and per task a ``PoolState`` (config, DP asked for, replicas serving / loading / draining,
+  GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none).
+
+What it returns: a ``Deployment`` holding one ``PoolPlan(task, key, dp)`` per task of ``ctx.tasks``, where ``key``
+is a ``ConfigKey(gpu, model, quant, tp)`` of the profile set, of the task's model, on one of ``ctx.gpu_types``, and
+``dp >= 1`` replicas. The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
+``predicted_energy_per_output_token_j``, ``quality``) are reported in ``deployments.csv``. Returning the plan in force
+again costs nothing; a changed config or DP pays the model-load delay (``sim.pool``). Every plan is checked
+(``check_deployment``); one that breaks a rule stops the run with one line naming the policy, the time and the
+rule. A policy that cannot serve a task raises ``sim.planning.NoFeasibleConfig`` with a message (one line).
+
+The run's label is the ``name`` key of the ``policy`` node, else the class's ``name`` attribute, else its class
+name. Where the class declares ``name`` (the shipped ones do), a different ``policy.name`` is an error: the name
+does not choose the policy, ``_target_`` does.
+
+Optional: ``param_ranges = {"param": (lo, lo_included, hi or None, whole_number, null_allowed)}`` on the class
+checks numeric parameters when the config is read (``sim.config.check_number``), before the constructor runs.
+
+The shipped policies (``sim.policies``, ``sim.uaqf``) subclass ``PerTaskPolicy`` and plan each task on its own;
+a policy that plans tasks jointly (a shared GPU budget) implements ``plan`` itself.
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABC, abstractmethod
+from typing import Iterable
+
+from profiles.schema import ConfigKey
+from sim.deployment import Deployment, FleetView, PlanContext, PoolPlan, PoolState, TaskSpec
+
+
+class Policy(ABC):
+    """A deployment policy: ``plan(ctx)`` -> ``Deployment`` (see the module docstring)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def plan(self, ctx: PlanContext) -> Deployment:
+        """Each task's pool for the window starting at ``ctx.now_s``."""
+
+
+class PerTaskPolicy(Policy):
+    """A policy that plans every task on its own: implement ``plan_task``."""
+
+    def plan(self, ctx: PlanContext) -> Deployment:
+        return Deployment(tuple(self.plan_task(ctx, task) for task in ctx.tasks))
+
+    @abstractmethod
+    def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
+        """One task's pool for the load in ``ctx.load_qps[task.name]``."""
+
+
+class PlanError(RuntimeError):
+    """A policy returned a plan the cluster cannot run; the message names the policy, the time and the rule."""
+
+
+def check_deployment(deployment: object, ctx: PlanContext, policy: str, configs: Iterable[ConfigKey]) -> Deployment:
+    """``deployment`` if it is a runnable plan for ``ctx``, else PlanError naming the first rule it breaks.
+
+    ``configs``: the profile set's configs (a set is fastest). ``policy``: how the policy is named in the message."""
+    where = f"policy {policy} returned an invalid plan at t={ctx.now_s:g} s"
+    if not isinstance(deployment, Deployment):
+        raise PlanError(f"{where}: got {type(deployment).__name__}, not a sim.deployment.Deployment")
+    plans = deployment.plans
+    if not isinstance(plans, tuple):
+        raise PlanError(f"{where}: Deployment.plans must be a tuple of PoolPlan, got {type(plans).__name__}")
+    tasks = {t.name: t for t in ctx.tasks}
+    seen: set[str] = set()
+    configs = configs if isinstance(configs, (set, frozenset)) else set(configs)
+    for plan in plans:
+        if not isinstance(plan, PoolPlan):
+            raise PlanError(f"{where}: a plan entry is {type(plan).__name__}, not a sim.deployment.PoolPlan")
+        task = tasks.get(plan.task)
+        if task is None:
+            raise PlanError(f"{where}: task {plan.task!r} is not one of the run's tasks {sorted(tasks)}")
+        if plan.task in seen:
+            raise PlanError(f"{where}: task '{plan.task}' is planned twice")
+        seen.add(plan.task)
+        key = plan.key
+        if not isinstance(key, ConfigKey) or key not in configs:
+            raise PlanError(f"{where}: task '{plan.task}': config {getattr(key, 'label', key)!r} is not in the "
+                            f"profile set")
+        if key.model != task.model:
+            raise PlanError(f"{where}: task '{plan.task}': config {key.label} serves model {key.model}, the pool "
+                            f"serves {task.model} (cluster.pools.{plan.task}.model)")
+        if key.gpu not in ctx.gpu_types:
+            raise PlanError(f"{where}: task '{plan.task}': config {key.label} runs on {key.gpu}, not one of "
+                            f"cluster.gpu_types {list(ctx.gpu_types)}")
+        dp = plan.dp
+        if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 1:
+            raise PlanError(f"{where}: task '{plan.task}': dp={dp!r}, must be a whole number >= 1")
+    missing = [name for name in tasks if name not in seen]
+    if missing:
+        raise PlanError(f"{where}: task(s) {missing} missing (every task of the run needs a PoolPlan)")
+    return deployment
+
+
+__all__ = ["Policy", "PerTaskPolicy", "PlanContext", "PlanError", "Deployment", "PoolPlan", "PoolState",
+           "FleetView", "TaskSpec", "ConfigKey", "check_deployment"]
