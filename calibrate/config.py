@@ -86,6 +86,8 @@ class SearchConf:
     growth: float = 2.0
     rel_tol: float = 0.02
     max_probes: int = 40
+    start: str = "fixed"  # "predicted": fit runs first, the search starts at the fitted model's simulated saturation
+    predicted_growth: float = 1.05
 
 
 @dataclass

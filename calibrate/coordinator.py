@@ -16,7 +16,7 @@ import platform
 
 import numpy as np
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -373,6 +373,36 @@ class EntryRunner:
             return point.result
         return probe
 
+    def predicted_start(self, workload: str, slo) -> float | None:
+        """With ``search.start = predicted``: the saturation that the same search finds on the simulated instance
+        built from the step model fitted on this entry's (finished) fit runs, with the bursts' lengths, arrivals
+        and sizes (``calibrate.predict``). It depends on stored measurements only, so a re-run predicts the same
+        start and replays the stored probes. None (start at ``search.start_qps``) when the fit fails."""
+        if self.plan.search.start != "predicted":
+            return None
+        from calibrate.export import ExportError, fit_only
+        from calibrate.predict import predicted_saturation
+
+        try:
+            stated, source = self.plan.stated_capacity(self.entry)
+            fit, _ = fit_only(self.db, self.entry, stated, source)
+        except ExportError as exc:
+            self.log(f"[{self.entry.name}] {workload}: no predicted start ({exc}); starting at "
+                     f"{self.plan.search.start_qps:g} req/s")
+            return None
+        b = self.plan.burst
+        plan_b = BurstPlan.for_workload(workload, b.seed, b.burst_s, b.min_requests, b.max_requests, b.max_total_tokens)
+        search = replace(self.plan.search, start="fixed")
+        predicted = predicted_saturation(fit.step, fit.request_overhead_s, plan_b.input_tokens, plan_b.output_tokens,
+                                         slo, burst_s=b.burst_s, min_requests=b.min_requests,
+                                         max_requests=b.max_requests, seed=b.seed, search=search)
+        self.db.set_info(self.entry.name, f"predicted_saturation/{workload}/{slo.ttft_s:g}/{slo.tpot_s:g}",
+                         {"saturation_qps": predicted, "method": "calibrate.predict.predicted_saturation on the step "
+                          "model fitted on this entry's fit runs (calibrate.export.fit_only)"})
+        self.log(f"[{self.entry.name}] {workload} SLO {slo.ttft_s:g}/{slo.tpot_s:g} s: predicted saturation "
+                 f"{predicted:.4g} req/s from the fit runs' step model; the search starts there")
+        return predicted if predicted > 0 else None
+
     def run_workload(self, workload: str, report: EntryReport) -> None:
         b = self.plan.burst
         plan_b = BurstPlan.for_workload(workload, b.seed, b.burst_s, b.min_requests, b.max_requests, b.max_total_tokens)
@@ -390,7 +420,7 @@ class EntryRunner:
                 seq[0] += 1
                 return result
 
-            outcome = find_saturation(recorded, slo, self.plan.search)
+            outcome = find_saturation(recorded, slo, self.plan.search, start_qps=self.predicted_start(workload, slo))
             passing = None
             if outcome.passing is not None:
                 passing = self.db.get_point(PointKey(self.entry.name, workload, "search",
@@ -482,9 +512,12 @@ class EntryRunner:
             self.check_prompts()
             if self.plan.prefix_probe.enabled:
                 self.run_prefix_probe()
+            predicted = self.plan.search.start == "predicted" and self.plan.fit.enabled
+            if predicted:  # the fit runs first: their step model predicts where each search starts
+                self.run_fit(report)
             for workload in self.entry.workloads:
                 self.run_workload(workload, report)
-            if self.plan.fit.enabled:
+            if self.plan.fit.enabled and not predicted:
                 self.run_fit(report)
             for replay in self.plan.replays_for(self.entry):
                 self.run_replay(replay)

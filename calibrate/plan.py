@@ -548,6 +548,9 @@ def plan_problems(plan: Plan, handler, launch_checks: bool = True) -> list[str]:
         for name in r.entries:
             if name not in entry_names:
                 problems.append(f"{where}, field 'entries': no entry named '{name}'")
+    if plan.search.start == "predicted" and not plan.fit.enabled:
+        problems.append("plan.search.start: 'predicted' starts each search at the saturation predicted from the fit "
+                        "runs, but plan.fit.enabled is false; enable the fit or use start 'fixed'")
     bad_fracs = [f for f in plan.sweep_fractions if not f > 0]
     if not plan.sweep_fractions or bad_fracs:
         problems.append(f"plan.sweep_fractions: needs positive fractions of saturation, got {list(plan.sweep_fractions)}")

@@ -41,6 +41,9 @@ class ProbeResult:
 Probe = Callable[[float], ProbeResult]
 
 
+SEARCH_STARTS = ("fixed", "predicted")
+
+
 @dataclass(frozen=True, slots=True)
 class SearchSettings:
     start_qps: float = 1.0
@@ -49,8 +52,18 @@ class SearchSettings:
     growth: float = 2.0
     rel_tol: float = 0.02
     max_probes: int = 40
+    # Where the search starts: "fixed" (start_qps) or "predicted" (qfleet-calibrate measures the fit runs first
+    # and starts at the saturation that the search on the simulated instance finds with the fitted step model,
+    # calibrate.predict); from a predicted start the first step is x predicted_growth, and each further step
+    # squares the last one, up to x growth.
+    start: str = "fixed"
+    predicted_growth: float = 1.05
 
     def __post_init__(self) -> None:
+        if self.start not in SEARCH_STARTS:
+            raise ValueError(f"search start must be one of {', '.join(SEARCH_STARTS)}, got {self.start!r}")
+        if not self.predicted_growth > 1.0:
+            raise ValueError(f"search predicted_growth must be > 1, got {self.predicted_growth}")
         if not (0 < self.min_qps <= self.start_qps <= self.max_qps):
             raise ValueError(
                 f"search bounds must satisfy 0 < min_qps <= start_qps <= max_qps, got "
@@ -70,7 +83,13 @@ class SaturationResult:
     bounded: bool  # False when max_qps still passed (saturation is at least max_qps)
 
 
-def find_saturation(probe: Probe, slo: LatencySlo, settings: SearchSettings = SearchSettings()) -> SaturationResult:
+def find_saturation(probe: Probe, slo: LatencySlo, settings: SearchSettings = SearchSettings(),
+                    start_qps: float | None = None) -> SaturationResult:
+    """Grow (or shrink) the rate from the start until the SLO verdict flips, then bisect to ``rel_tol``.
+
+    ``start_qps`` (a predicted saturation) replaces ``settings.start_qps``: the rate then moves by
+    ``predicted_growth`` first and by the square of the previous factor after each further step (never more
+    than ``growth``), so a good prediction is bracketed by two probes close together."""
     probes: list[ProbeResult] = []
 
     def run(qps: float) -> ProbeResult:
@@ -80,14 +99,22 @@ def find_saturation(probe: Probe, slo: LatencySlo, settings: SearchSettings = Se
         probes.append(result)
         return result
 
+    if start_qps is None or not math.isfinite(start_qps) or start_qps <= 0:
+        qps, factor = settings.start_qps, settings.growth
+    else:
+        qps = min(max(start_qps, settings.min_qps), settings.max_qps)
+        factor = min(settings.predicted_growth, settings.growth)
+
+    def widen(f: float) -> float:
+        return min(f * f, settings.growth)
+
     lo_result: ProbeResult | None = None
     hi_qps: float | None = None
-    qps = settings.start_qps
     first = run(qps)
     if first.meets(slo):
         lo_result = first
         while True:
-            nxt = min(qps * settings.growth, settings.max_qps)
+            nxt = min(qps * factor, settings.max_qps)
             if nxt <= qps:
                 return SaturationResult(qps, lo_result, tuple(probes), bounded=False)
             result = run(nxt)
@@ -95,10 +122,11 @@ def find_saturation(probe: Probe, slo: LatencySlo, settings: SearchSettings = Se
                 hi_qps = nxt
                 break
             lo_result, qps = result, nxt
+            factor = widen(factor)
     else:
         hi_qps = qps
         while True:
-            nxt = qps / settings.growth
+            nxt = qps / factor
             if nxt < settings.min_qps:
                 return SaturationResult(0.0, None, tuple(probes), bounded=True)
             result = run(nxt)
@@ -107,6 +135,7 @@ def find_saturation(probe: Probe, slo: LatencySlo, settings: SearchSettings = Se
                 lo_result = result
                 break
             hi_qps = nxt
+            factor = widen(factor)
     assert lo_result is not None and hi_qps is not None
     while (hi_qps - lo_result.qps) > settings.rel_tol * hi_qps:
         mid = 0.5 * (lo_result.qps + hi_qps)

@@ -2,6 +2,7 @@
 
     python -m profiles.build_default [--out profiles/default] [--workers 2]
     python -m profiles.build_default --fit-domain-only    # (re)write only the fit-domain columns, in seconds
+    python -m profiles.build_default --random-lengths-only  # (re)write only the random-length saturation rows
 
 Step models come from a step-model source (TensorRT-LLM kernel tables by default, or ``--source
 roofline`` for the analytic model); curves are produced by
@@ -13,6 +14,13 @@ context and batch of the composed iterations its step model was fitted to
 (``profiles.kernel_step_model.composition_domain``, a function of the grid and the row's KV capacity only),
 so ``--fit-domain-only`` can add or refresh those columns without the slow rebuild and writes exactly what a
 full build writes.
+
+Every config also gets saturation points for the 16 random-length workloads ``random-<in>-<out>`` of the
+paper's §5.1 / §8.1 (inputs 128-1,024 x outputs 64-512 tokens) under one SLO, ``RANDOM_LENGTH_SLO``: the
+training data of the saturation predictor (``calibrate.predict``). They are saturation rows only (no
+curves). ``--random-lengths-only`` recomposes the step models (seconds), checks them against the set's
+``step_models.csv``, and replaces just these rows (and their ``workloads.csv`` rows and manifest entries),
+computed by the same function as the full build, so the two write the same rows.
 """
 
 from __future__ import annotations
@@ -45,12 +53,21 @@ from profiles.quality import default_quality_table
 from profiles.roofline import ROOFLINE_SOURCE, roofline_step_model
 from profiles.schema import CURVE_METRICS, ConfigKey
 from profiles.step_model import StepModel
-from traces.workloads import describe_workload, workload_lengths
+from traces.workloads import RANDOM_LENGTH_PAIRS, describe_workload, random_workload, random_workload_pair, workload_lengths
 
 PROBE_SEED = 0
 PROBE_REQUESTS = 3000
 # A loose SLO whose saturation bounds the sweep when a config cannot meet any task SLO.
 CAPACITY_SLO = LatencySlo(ttft_s=10.0, tpot_s=0.5)
+# The random-length workloads' SLO. The paper does not state the SLO of its random-input saturation points
+# (§8.1, data source 3); we use its chat SLO (§8.3 chat-S: P90 TTFT 1 s, P90 TPOT 0.2 s), the tightest-TTFT
+# SLO the default set already searches on a chat workload (ShareGPT). HumanEval's 0.15 s TTFT would leave
+# 1,024-token prompts unservable on most large configs (saturation 0, no percentage error defined).
+RANDOM_LENGTH_SLO = LatencySlo(ttft_s=1.0, tpot_s=0.2)
+RANDOM_LENGTH_SLO_SOURCE = (
+    "assumption: the qMeter paper does not state the SLO of its random-input saturation points (§8.1); its chat "
+    "SLO (§8.3 chat-S, P90 TTFT 1 s / P90 TPOT 0.2 s) is used for every random-length workload")
+RANDOM_LENGTH_WORKLOADS = tuple(random_workload(i, o) for i, o in RANDOM_LENGTH_PAIRS)
 KERNEL_FIT_DOMAIN_SOURCE = (
     "derived: profiles.kernel_step_model.composition_domain: per row, the longest prompt (PROMPT_LENGTHS, up to "
     "4,096 tokens), the longest per-sequence decode KV length (DECODE_KV_LENGTHS, up to 2,048 tokens, where batch x "
@@ -137,6 +154,54 @@ def _lengths(workload: str) -> tuple[np.ndarray, np.ndarray]:
     return workload_lengths(workload).sample(PROBE_REQUESTS, np.random.default_rng(PROBE_SEED))
 
 
+def _saturation_row(key: ConfigKey, workload: str, slo: LatencySlo, result, extra: str = "") -> dict:
+    energy = result.passing.energy_per_output_token_j if result.passing is not None else float("nan")
+    return {
+        "gpu": key.gpu, "model": key.model, "quant": key.quant, "tp": key.tp,
+        "workload": workload, "slo_ttft_s": slo.ttft_s, "slo_tpot_s": slo.tpot_s,
+        "saturation_qps": result.saturation_qps,
+        "energy_per_output_token_j": energy,
+        "probes": len(result.probes),
+        "provenance": "derived",
+        "source": (f"derived: calibrate.search.find_saturation (rel_tol 0.02) on the simulated instance "
+                   f"(sim.instance) with this config's step model; Poisson bursts of 120 s, "
+                   f"200-{PROBE_REQUESTS} requests, seed {PROBE_SEED}, {workload} lengths{extra}"),
+    }
+
+
+def random_length_saturations(key: ConfigKey, step: StepModel) -> list[dict]:
+    """Saturation rows of one config on the 16 random-length workloads under ``RANDOM_LENGTH_SLO``: the same
+    search, probe, seed and request count as the case-study rows (start at 1 req/s, rel_tol 0.02)."""
+    rows = []
+    for workload in RANDOM_LENGTH_WORKLOADS:
+        inp, out = _lengths(workload)
+        probe = SimulatedProbe(step, inp, out, seed=PROBE_SEED, max_requests=PROBE_REQUESTS)
+        result = find_saturation(probe, RANDOM_LENGTH_SLO, SearchSettings(start_qps=1.0, min_qps=0.01))
+        rows.append(_saturation_row(key, workload, RANDOM_LENGTH_SLO, result,
+                                    f" (uniform within +-25 % of the target pair); SLO: {RANDOM_LENGTH_SLO_SOURCE}"))
+    return rows
+
+
+def _random_length_task(item: tuple[ConfigKey, StepModel]) -> list[dict]:
+    return random_length_saturations(*item)
+
+
+def random_length_workload_rows() -> list[dict]:
+    rows = []
+    for workload in RANDOM_LENGTH_WORKLOADS:
+        inp, outp = _lengths(workload)
+        rows.append({"workload": workload, "mean_input_tokens": float(inp.mean()),
+                     "mean_output_tokens": float(outp.mean()), "provenance": "derived",
+                     "source": f"{describe_workload(workload)}; means of the {PROBE_REQUESTS} pairs used by the probes"})
+    return rows
+
+
+def random_length_manifest() -> dict:
+    return {"workloads": list(RANDOM_LENGTH_WORKLOADS), "slo": [RANDOM_LENGTH_SLO.ttft_s, RANDOM_LENGTH_SLO.tpot_s],
+            "slo_source": RANDOM_LENGTH_SLO_SOURCE, "tables": "saturation.csv and workloads.csv only (no curves)",
+            "command": "python -m profiles.build_default --random-lengths-only"}
+
+
 def profile_target(target: ProfilingTarget) -> tuple[list[dict], list[dict]]:
     """Saturation search per SLO and a sweep per workload, on the simulated instance."""
     curves: list[dict] = []
@@ -150,17 +215,7 @@ def profile_target(target: ProfilingTarget) -> tuple[list[dict], list[dict]]:
         for slo in slos:
             result = find_saturation(probe, slo, SearchSettings(start_qps=1.0, min_qps=0.01))
             found.append(result.saturation_qps)
-            energy = result.passing.energy_per_output_token_j if result.passing is not None else float("nan")
-            saturations.append({
-                **base, "workload": workload, "slo_ttft_s": slo.ttft_s, "slo_tpot_s": slo.tpot_s,
-                "saturation_qps": result.saturation_qps,
-                "energy_per_output_token_j": energy,
-                "probes": len(result.probes),
-                "provenance": "derived",
-                "source": (f"derived: calibrate.search.find_saturation (rel_tol 0.02) on the simulated instance "
-                           f"(sim.instance) with this config's step model; Poisson bursts of 120 s, "
-                           f"200-{PROBE_REQUESTS} requests, seed {PROBE_SEED}, {workload} lengths"),
-            })
+            saturations.append(_saturation_row(key, workload, slo, result))
         top = max(found) if found else 0.0
         if top <= 0:
             top = find_saturation(probe, CAPACITY_SLO, SearchSettings(start_qps=1.0, min_qps=0.01)).saturation_qps
@@ -204,12 +259,15 @@ def build(
         for c, s in progress(map(profile_target, targets)):
             curves += c
             saturations += s
+    # random-length rows after all case-study rows, in config order: what --random-lengths-only appends
+    saturations += _random_length_rows([(t.key, t.step) for t in targets], workers, progress)
     workload_rows = []
     for workload, _ in workloads:
         inp, outp = _lengths(workload)
         workload_rows.append({"workload": workload, "mean_input_tokens": float(inp.mean()),
                               "mean_output_tokens": float(outp.mean()), "provenance": "derived",
                               "source": f"{describe_workload(workload)}; means of the {PROBE_REQUESTS} pairs used by the probes"})
+    workload_rows += random_length_workload_rows()
     manifest = {
         "name": name,
         "description": description,
@@ -218,6 +276,7 @@ def build(
         "configs": len(step_rows),
         "fit_domain": fit_domain_source,
         "workloads": {w: [[s.ttft_s, s.tpot_s] for s in sl] for w, sl in workloads},
+        "random_length_workloads": random_length_manifest(),
         # the engine limits every step model and curve of this set was produced under (profiles.engine_settings)
         "engine_settings": {"name": PAPER_CASE_STUDY.name, "max_batch": PAPER_CASE_STUDY.max_batch,
                             "max_num_tokens": PAPER_CASE_STUDY.max_num_tokens,
@@ -255,6 +314,64 @@ def write_fit_domain(path: Path) -> Path:
     return csv
 
 
+def _random_length_rows(items: list[tuple[ConfigKey, StepModel]], workers: int,
+                        progress: Callable[[Iterable], Iterable]) -> list[dict]:
+    rows: list[dict] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for r in progress(pool.map(_random_length_task, items, chunksize=4)):
+                rows += r
+    else:
+        for r in progress(map(_random_length_task, items)):
+            rows += r
+    return rows
+
+
+def _same_step_rows(path: Path, configs: list[ConfigRow]) -> None:
+    """The recomposed step models must be those of the set (as written, to %.10g), or the rows would not be the
+    full build's."""
+    frame = pd.read_csv(path / "step_models.csv", keep_default_na=False, na_values=[""])
+    if len(frame) != len(configs):
+        raise SystemExit(f"{path / 'step_models.csv'}: {len(frame)} rows, the build composes {len(configs)}; "
+                         f"run the full build")
+    for row_no, (row, (key, step, *_)) in enumerate(zip(frame.to_dict("records"), configs)):
+        if (row["gpu"], row["model"], row["quant"], int(row["tp"])) != (key.gpu, key.model, key.quant, key.tp):
+            raise SystemExit(f"{path / 'step_models.csv'}: row {row_no + 2} is not {key.label}; run the full build")
+        for name, value in step.as_dict().items():
+            if float(f"{float(value):.10g}") != float(row[name]):
+                raise SystemExit(f"{path / 'step_models.csv'}: row {row_no + 2} ({key.label}) field '{name}' is "
+                                 f"{row[name]!r}, the build composes {value!r}; run the full build")
+
+
+def write_random_lengths(path: Path, workers: int, configs: list[ConfigRow] | None = None,
+                         progress: Callable[[Iterable], Iterable] = lambda it: it) -> Path:
+    """Replace (or add) the random-length saturation rows of a set in place, as ``build`` writes them: every
+    other row of ``saturation.csv`` and ``workloads.csv`` is left as it was; curves and step models are not
+    touched. ``configs`` defaults to the kernel-composed default configs, checked against the set's step models."""
+    if configs is None:
+        configs = list(kernel_configs())
+        _same_step_rows(path, configs)
+    rows = _random_length_rows([(key, step) for key, step, *_ in configs], workers, progress)
+    csv = path / "saturation.csv"
+    frame = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+    keep = frame[frame["workload"].map(lambda w: random_workload_pair(str(w)) is None)]
+    new = pd.concat([keep, pd.DataFrame(rows, columns=frame.columns)], ignore_index=True)
+    wcsv = path / "workloads.csv"
+    wframe = pd.read_csv(wcsv, keep_default_na=False, na_values=[""])
+    wkeep = wframe[wframe["workload"].map(lambda w: random_workload_pair(str(w)) is None)]
+    wnew = pd.concat([wkeep, pd.DataFrame(random_length_workload_rows(), columns=wframe.columns)], ignore_index=True)
+    for target, table in ((csv, new), (wcsv, wnew)):
+        tmp = target.with_name(f".{target.name}.tmp")
+        table.to_csv(tmp, index=False, float_format="%.10g")
+        os.replace(tmp, target)
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["random_length_workloads"] = random_length_manifest()
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    ProfileSet.load(path)  # still a valid set
+    return csv
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_profile_path())
@@ -262,9 +379,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", choices=("kernels", "roofline"), default="kernels")
     parser.add_argument("--fit-domain-only", action="store_true",
                         help="only add/refresh the fit-domain columns of the kernel-composed set at --out")
+    parser.add_argument("--random-lengths-only", action="store_true",
+                        help="only add/refresh the random-length saturation rows of the kernel-composed set at --out")
     args = parser.parse_args(argv)
     if args.fit_domain_only:
         print(f"wrote {write_fit_domain(args.out)}")
+        return
+    if args.random_lengths_only:
+        import time
+        start = time.perf_counter()
+        configs = list(kernel_configs())
+        _same_step_rows(args.out, configs)
+        csv = write_random_lengths(args.out, args.workers, configs, progress=lambda it: tqdm(
+            it, total=len(configs), desc="random-length saturation", unit="config"))
+        print(f"wrote {len(configs) * len(RANDOM_LENGTH_WORKLOADS)} random-length rows to {csv} "
+              f"in {time.perf_counter() - start:.0f} s")
         return
     fit_domain_source = KERNEL_FIT_DOMAIN_SOURCE
     if args.source == "kernels":

@@ -202,7 +202,8 @@ def test_table2_comparison_equals_the_saturation_table(shipped):
     sat = shipped.saturation
     paper = {"sharegpt": 10.0, "humaneval": 42.0, "newsqa": 8.0}
     assert {r.quant for r in rows} == {q for q in QUANTS if QUANTS[q].weight_bits == 8}
-    assert len(rows) == 6 * len(sat[["workload", "slo_ttft_s", "slo_tpot_s"]].drop_duplicates())
+    table2 = sat[sat.workload.isin(paper)]  # the random-length rows are not Table 2's
+    assert len(rows) == 6 * len(table2[["workload", "slo_ttft_s", "slo_tpot_s"]].drop_duplicates())
     for r in rows:
         match = sat[(sat.gpu == H100) & (sat.model == "llama2-13b") & (sat.quant == r.quant) & (sat.tp == 1)
                     & (sat.workload == r.workload) & np.isclose(sat.slo_ttft_s, r.slo_ttft_s)

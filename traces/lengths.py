@@ -139,6 +139,53 @@ class AlignedLengths:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class UniformLengths:
+    """Random lengths around a target: input and output drawn independently and uniformly from the integers
+    within ``range_ratio`` of their targets (``[round(m (1 - r)), round(m (1 + r))]``).
+
+    The qMeter paper's "synthetic random-input workloads" (§8.1) control input and output length; how
+    widely the lengths vary around a pair is not stated, so ``range_ratio`` is an assumption named in
+    ``describe()``. Lengths come from one uniform draw per request and side (common random numbers): two
+    targets sampled with the same seed differ only in scale, so a longer target never gives a shorter
+    request.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    range_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"UniformLengths.{name} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.range_ratio < 1:
+            raise ValueError(f"UniformLengths.range_ratio must be in [0, 1), got {self.range_ratio!r}")
+
+    def bounds(self, target: int) -> tuple[int, int]:
+        return max(1, int(round(target * (1 - self.range_ratio)))), int(round(target * (1 + self.range_ratio)))
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        _check_n(n)
+        u = rng.random((2, n))
+        out = []
+        for row, target in zip(u, (self.input_tokens, self.output_tokens)):
+            lo, hi = self.bounds(target)
+            out.append(np.minimum(lo + np.floor(row * (hi - lo + 1)), hi).astype(np.int64))
+        return out[0], out[1]
+
+    @property
+    def max_total_tokens(self) -> int:
+        return self.bounds(self.input_tokens)[1] + self.bounds(self.output_tokens)[1]
+
+    def describe(self) -> str:
+        (il, ih), (ol, oh) = self.bounds(self.input_tokens), self.bounds(self.output_tokens)
+        return (f"random: {il}-{ih} input / {ol}-{oh} output tokens per request, uniform and independent "
+                f"(targets {self.input_tokens}/{self.output_tokens}; assumption: range +-{self.range_ratio:.0%} "
+                f"of the target, the qMeter paper's random-input workloads do not state their spread)")
+
+
 def _check_n(n: int) -> None:
     if int(n) != n or n < 0:
         raise ValueError(f"sample size n must be an integer >= 0, got {n!r}")

@@ -2,7 +2,9 @@
 
 ``sharegpt``, ``humaneval`` and ``newsqa`` resample Azure 2023 (input, output) pairs and scale them
 to the benchmark datasets' mean lengths (qMeter paper Table 2), as the paper's §8.3 does;
-``azure-conv`` / ``azure-code`` are the raw pairs; ``fixed-<in>-<out>`` is a constant shape.
+``azure-conv`` / ``azure-code`` are the raw pairs; ``fixed-<in>-<out>`` is a constant shape;
+``random-<in>-<out>`` draws lengths uniformly within +-25 % of a target pair (the paper's synthetic
+random-input workloads, §8.1; ``RANDOM_LENGTH_PAIRS`` are the 16 pairs of its §5.1).
 The *length reading* (``LENGTH_READINGS``) says how the benchmark-aligned workloads use their Azure pairs:
 ``rescaled`` (the default, as above) or ``raw`` (the same pairs unscaled, clipped to the same context).
 The Azure traces are loaded once per process (``traces.azure.load_shipped_trace`` is cached).
@@ -14,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from traces.azure import load_shipped_trace
-from traces.lengths import AlignedLengths, EmpiricalLengths, FixedLengths, LengthSampler
+from traces.lengths import AlignedLengths, EmpiricalLengths, FixedLengths, LengthSampler, UniformLengths
 
 DEFAULT_MAX_TOTAL_TOKENS = 4096  # Llama-2 context length: input + output must fit
 
@@ -65,18 +67,38 @@ WORKLOADS: dict[str, WorkloadSpec] = {
 }
 _FIXED = re.compile(r"fixed-(\d+)-(\d+)")
 FIXED_PATTERN = "fixed-<in>-<out>"
+_RANDOM = re.compile(r"random-(\d+)-(\d+)")
+RANDOM_PATTERN = "random-<in>-<out>"
+# assumption: the paper does not state how widely its random-input lengths vary; +-25 % keeps the longest pair
+# (up to 1,280 + 640 tokens) inside the 2,048-token decode context the default step models were fitted to
+RANDOM_RANGE_RATIO = 0.25
+# qMeter paper §5.1: short/medium/long inputs 128/(256, 512)/1024 tokens, outputs 64/(128, 256)/512 tokens
+RANDOM_INPUT_LENGTHS = (128, 256, 512, 1024)
+RANDOM_OUTPUT_LENGTHS = (64, 128, 256, 512)
+RANDOM_LENGTH_PAIRS = tuple((i, o) for i in RANDOM_INPUT_LENGTHS for o in RANDOM_OUTPUT_LENGTHS)
+
+
+def random_workload(input_tokens: int, output_tokens: int) -> str:
+    """The name of the random-length workload around one (input, output) target pair."""
+    return f"random-{int(input_tokens)}-{int(output_tokens)}"
+
+
+def random_workload_pair(name: str) -> tuple[int, int] | None:
+    """The (input, output) targets of a ``random-<in>-<out>`` name, or None for any other workload."""
+    match = _RANDOM.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 class UnknownWorkloadError(KeyError):
-    """A workload name that is neither a named workload nor ``fixed-<in>-<out>``."""
+    """A workload name that is neither a named workload nor ``fixed-<in>-<out>`` / ``random-<in>-<out>``."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
 
 def workload_names() -> tuple[str, ...]:
-    """The known names (plus the ``fixed-<in>-<out>`` pattern)."""
-    return (*WORKLOADS, FIXED_PATTERN)
+    """The known names (plus the ``fixed-<in>-<out>`` and ``random-<in>-<out>`` patterns)."""
+    return (*WORKLOADS, FIXED_PATTERN, RANDOM_PATTERN)
 
 
 def workload_lengths(name: str, max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS,
@@ -96,6 +118,13 @@ def workload_lengths(name: str, max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
         if sum(fixed) > max_total_tokens:
             raise ValueError(f"workload {name!r}: {fixed[0]} + {fixed[1]} tokens exceed max_total_tokens={max_total_tokens}")
         return FixedLengths(*fixed)
+    pair = random_workload_pair(name)
+    if pair is not None:
+        sampler = UniformLengths(*pair, range_ratio=RANDOM_RANGE_RATIO)
+        if sampler.max_total_tokens > max_total_tokens:
+            raise ValueError(f"workload {name!r}: up to {sampler.max_total_tokens} tokens per request exceed "
+                             f"max_total_tokens={max_total_tokens}")
+        return sampler
     spec = workload_spec(name)
     trace = load_shipped_trace(spec.azure_kind)
     if spec.mean_input_tokens is None or spec.mean_output_tokens is None:
@@ -131,7 +160,12 @@ def workload_spec(name: str) -> WorkloadSpec:
 def describe_workload(name: str) -> str:
     """Provenance line of a workload, without loading any trace."""
     fixed = _fixed_shape(name)
-    return FixedLengths(*fixed).describe() if fixed is not None else workload_spec(name).provenance
+    if fixed is not None:
+        return FixedLengths(*fixed).describe()
+    pair = random_workload_pair(name)
+    if pair is not None:
+        return UniformLengths(*pair, range_ratio=RANDOM_RANGE_RATIO).describe()
+    return workload_spec(name).provenance
 
 
 def _fixed_shape(name: str) -> tuple[int, int] | None:
