@@ -93,6 +93,7 @@ class EngineConf:
     max_num_tokens: Optional[int] = None
     kv_cache_free_fraction: Optional[float] = None
     chunked_context: Optional[bool] = None
+    scheduler: Optional[str] = None  # guaranteed_no_evict, max_utilization, vllm (sim.instance)
 
 
 @dataclass
