@@ -12,7 +12,8 @@ KV capacity under a setting: ``fraction x (GPU memory - weight shard - runtime r
 the TP GPUs (``profiles.catalog.kv_capacity_tokens``).
 
 Running a profile set's step models under other settings (``apply_engine_settings``): ``max_batch`` and
-``max_num_tokens`` replace the step model's, ``chunked_context`` sets its flag, and ``kv_cache_free_fraction``
+``max_num_tokens`` replace the step model's, ``chunked_context`` sets its flag, ``scheduler`` its batch scheduler
+(``guaranteed_no_evict``, the default and what every preset runs; ``max_utilization``; ``vllm``: sim.instance), and ``kv_cache_free_fraction``
 scales its ``kv_capacity_tokens`` by (new fraction / the fraction the profile set was built under), the latter
 read from the set's manifest key ``engine_settings.kv_cache_free_fraction`` (absent: 1.0). The iteration times
 are not refitted: the same kernels run, only the scheduler's limits change. What the settings do not change
