@@ -287,7 +287,8 @@ def replay_paged(step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarra
       as the iteration's first prompt);
     * max_utilization: decodes, then prompts in the same iteration; vllm: prompts first, and decodes only in an
       iteration that admitted none;
-    * energy: an iteration's energy is shared per token computed (prompt tokens and one per decode step).
+    * energy: an iteration's energy is shared per token computed (prompt tokens and one per decode step);
+    * CUDA-graph capture as for the default engine (first iteration with prompts of a padded shape).
     """
     rules = PAGED_SCHEDULERS[step.scheduler]
     block = rules["block_tokens"]
@@ -307,6 +308,7 @@ def replay_paged(step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarra
     busy_s = busy_j = 0.0
     preemptions = 0
     max_running = 0
+    graphs: set[tuple] = set()
 
     def blocks(tokens: int) -> int:
         return (tokens + block - 1) // block
@@ -379,6 +381,11 @@ def replay_paged(step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarra
         prefill_sq = sum(t * t for _, t in prompts)
         n_tok = len(decodes) + prefill
         duration = step.iteration_s(len(decodes) + len(prompts), n_tok, kv, prefill, prefill_sq)
+        if prompts and step.graph_capture_s > 0.0:  # the first iteration with prompts of a padded shape captures it
+            shape = step.graph_shape(n_tok, kv)
+            if shape not in graphs:
+                graphs.add(shape)
+                duration += step.graph_capture_s
         joules = step.iteration_j(duration, n_tok, kv)
         busy_s += duration
         busy_j += joules

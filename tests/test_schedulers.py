@@ -172,3 +172,36 @@ def test_per_pool_scheduler_runs_and_counts_preemptions_in_the_summary(tmp_path)
         assert isinstance(entry["preemptions"], int)
         for limits in entry["configs"].values():
             assert limits["scheduler"] == ("vllm" if task == "code" else "max_utilization")
+
+
+@pytest.mark.parametrize("scheduler", ["max_utilization", "vllm"])
+def test_in_a_cluster_with_replanning_each_replica_matches_the_reference(scheduler):
+    from profiles.profile_set import ProfileSet, default_profile_path
+    from sim.cluster import ClusterSettings, simulate
+    from sim.metrics import requests_frame, summarize
+    from sim.policies import SloEnergyOptimal
+    from test_cluster import TASKS, small_trace
+
+    profiles = ProfileSet.load(default_profile_path())
+    engine = EngineOverrides(scheduler=scheduler, kv_cache_free_fraction=0.03)
+    tasks = tuple(dataclasses.replace(t, engine=engine) for t in TASKS)
+    trace = small_trace(seed=3, rate=60.0, duration=300.0, arrival="diurnal")
+    result = simulate(trace, tasks, SloEnergyOptimal(0.9), profiles,
+                      ClusterSettings(replan_interval_s=60.0, engine_start_s=30.0))
+    frame = requests_frame(result)
+    assert frame.status.isin(["finished", "rejected"]).all()
+    served = frame[frame.instance >= 0]
+    preemptions = 0
+    for inst in result.instances:
+        assert isinstance(inst, PagedInstance)
+        rows = served[served.instance == inst.instance_id]
+        if rows.empty:
+            continue
+        ref = replay_paged(inst.step, rows.arrival_s.to_numpy(), rows.input_tokens.to_numpy(),
+                           rows.output_tokens.to_numpy())
+        assert np.max(np.abs(rows.first_token_s.to_numpy() - ref.first_token_s)) < 1e-9
+        assert np.max(np.abs(rows.finish_s.to_numpy() - ref.finish_s)) < 1e-9
+        assert inst.busy_j == pytest.approx(ref.busy_j, rel=1e-9) and inst.preemptions == ref.preemptions
+        preemptions += ref.preemptions
+    assert preemptions > 0
+    assert frame.energy_j.sum() == pytest.approx(summarize(result, frame)["busy_energy_j"], rel=1e-9)
