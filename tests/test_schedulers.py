@@ -157,6 +157,13 @@ def test_a_bad_scheduler_name_fails_in_one_line_naming_the_key(override, key):
     assert "\n" not in str(info.value) and "guaranteed_no_evict, max_utilization, vllm" in str(info.value)
 
 
+def test_combinations_the_schedulers_do_not_model_fail_at_config_time():
+    with pytest.raises(ConfigError, match="config key 'cluster.prefix_cache.enabled': prefix caching runs only"):
+        build_run(composed(SMALL + ["engine.scheduler=vllm", "cluster.prefix_cache.enabled=true"]))
+    with pytest.raises(ConfigError, match="config key 'engine'.*chunked_context runs only with the guaranteed"):
+        build_run(composed(SMALL + ["engine.scheduler=max_utilization", "engine.chunked_context=true"]))
+
+
 def test_per_pool_scheduler_runs_and_counts_preemptions_in_the_summary(tmp_path):
     from sim.main import run as run_main
 
