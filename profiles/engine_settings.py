@@ -12,7 +12,8 @@ KV capacity under a setting: ``fraction x (GPU memory - weight shard - runtime r
 the TP GPUs (``profiles.catalog.kv_capacity_tokens``).
 
 Running a profile set's step models under other settings (``apply_engine_settings``): ``max_batch`` and
-``max_num_tokens`` replace the step model's, ``chunked_context`` sets its flag, and ``kv_cache_free_fraction``
+``max_num_tokens`` replace the step model's, ``chunked_context`` sets its flag, ``scheduler`` its batch scheduler
+(``guaranteed_no_evict``, the default and what every preset runs; ``max_utilization``; ``vllm``: sim.instance), and ``kv_cache_free_fraction``
 scales its ``kv_capacity_tokens`` by (new fraction / the fraction the profile set was built under), the latter
 read from the set's manifest key ``engine_settings.kv_cache_free_fraction`` (absent: 1.0). The iteration times
 are not refitted: the same kernels run, only the scheduler's limits change. What the settings do not change
@@ -26,14 +27,14 @@ import math
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from profiles.step_model import StepModel, StepModelError
+from profiles.step_model import SCHEDULERS, StepModel, StepModelError
 
 
 class EngineSettingsError(ValueError):
     """Engine settings no engine can be launched with."""
 
 
-ENGINE_FIELDS = ("max_batch", "max_num_tokens", "kv_cache_free_fraction", "chunked_context")
+ENGINE_FIELDS = ("max_batch", "max_num_tokens", "kv_cache_free_fraction", "chunked_context", "scheduler")
 
 
 def check_engine_field(name: str, value):
@@ -49,6 +50,9 @@ def check_engine_field(name: str, value):
     elif name == "chunked_context":
         if not isinstance(value, bool):
             raise EngineSettingsError(f"{name} must be true or false, got {value!r}")
+    elif name == "scheduler":
+        if not isinstance(value, str) or value not in SCHEDULERS:
+            raise EngineSettingsError(f"{name} must be one of {', '.join(SCHEDULERS)}, got {value!r}")
     else:
         raise EngineSettingsError(f"engine settings have no field '{name}'; known: {', '.join(ENGINE_FIELDS)}")
     return value
@@ -64,6 +68,7 @@ class EngineSettings:
     kv_cache_free_fraction: float  # share of the memory left after weights and runtime that holds KV cache
     chunked_context: bool  # prompts longer than the iteration's remaining token budget run in chunks
     source: str
+    scheduler: str = "guaranteed_no_evict"  # the batch scheduler (profiles.step_model.SCHEDULERS; sim.instance)
 
     def __post_init__(self) -> None:
         for field_name in ENGINE_FIELDS:
@@ -73,7 +78,7 @@ class EngineSettings:
                 raise EngineSettingsError(f"engine settings '{self.name}': {exc}") from None
 
     def fields(self) -> dict:
-        """The four settings, by name."""
+        """The settings, by name."""
         return {name: getattr(self, name) for name in ENGINE_FIELDS}
 
     def with_overrides(self, **overrides) -> "EngineSettings":
@@ -96,6 +101,7 @@ class EngineOverrides:
     max_num_tokens: int | None = None
     kv_cache_free_fraction: float | None = None
     chunked_context: bool | None = None
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in self.fields().items():
@@ -133,7 +139,7 @@ def profile_kv_fraction(manifest: Mapping, where: str = "profile set") -> float:
 def apply_engine_settings(step: StepModel, settings: EngineSettings | EngineOverrides | None,
                           profile_fraction: float = 1.0) -> StepModel:
     """``step`` (built under a KV fraction of ``profile_fraction``) run under ``settings``: max_batch and
-    max_num_tokens replaced, chunked_context set, kv_capacity_tokens scaled by the ratio of the fractions (rounded
+    max_num_tokens replaced, chunked_context and the scheduler set, kv_capacity_tokens scaled by the ratio of the fractions (rounded
     down). None, or overrides that set nothing, return ``step`` itself. Raises EngineSettingsError (one line, naming
     the field) when the result describes no engine."""
     if settings is None:
@@ -148,6 +154,8 @@ def apply_engine_settings(step: StepModel, settings: EngineSettings | EngineOver
         changes["max_num_tokens"] = values["max_num_tokens"]
     if "chunked_context" in values:
         changes["chunked_context"] = 1 if values["chunked_context"] else 0
+    if "scheduler" in values:
+        changes["scheduler"] = SCHEDULERS.index(values["scheduler"])
     if "kv_cache_free_fraction" in values:
         scale = values["kv_cache_free_fraction"] / check_engine_field("kv_cache_free_fraction", profile_fraction)
         if scale != 1.0:

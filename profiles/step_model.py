@@ -49,10 +49,13 @@ POWER_FIELDS = ("idle_w", "active_w", "flop_token_j", "per_kv_token_j", "weights
 CAPACITY_FIELDS = ("kv_capacity_tokens", "max_batch", "max_num_tokens")
 # Optional engine-shape fields (absent from a profile: the default, which turns the behaviour off).
 OPTIONAL_FIELDS = ("kv_pad_tokens", "per_padded_kv_token_s", "admission_lead_per_seq_s", "mixed_overhead_s",
-                   "graph_q_pad_tokens", "graph_capture_s", "chunked_context")
+                   "graph_q_pad_tokens", "graph_capture_s", "chunked_context", "scheduler")
 OPTIONAL_DEFAULTS = {"kv_pad_tokens": 0, "per_padded_kv_token_s": 0.0, "admission_lead_per_seq_s": 0.0,
-                     "mixed_overhead_s": 0.0, "graph_q_pad_tokens": 0, "graph_capture_s": 0.0, "chunked_context": 0}
-INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens", "graph_q_pad_tokens", "chunked_context")
+                     "mixed_overhead_s": 0.0, "graph_q_pad_tokens": 0, "graph_capture_s": 0.0, "chunked_context": 0,
+                     "scheduler": 0}
+INTEGER_FIELDS = CAPACITY_FIELDS + ("kv_pad_tokens", "graph_q_pad_tokens", "chunked_context", "scheduler")
+# The engine's batch scheduler (``StepModel.scheduler``), by code; semantics in sim.instance.
+SCHEDULERS = ("guaranteed_no_evict", "max_utilization", "vllm")
 
 
 class StepModelError(ValueError):
@@ -97,6 +100,10 @@ class StepModel:
     # iteration's decode tokens and prompt chunks, and a prompt longer than what is left runs in chunks over several
     # iterations (sim.instance); 0: a prompt is prefilled whole in one iteration and must fit the budget.
     chunked_context: int = 0
+    # The batch scheduler, an index into SCHEDULERS: 0 TensorRT-LLM GUARANTEED_NO_EVICT (whole KV reserved at
+    # admission), 1 TensorRT-LLM MAX_UTILIZATION (KV on demand, pauses the newest requests when it runs out),
+    # 2 vLLM (prefills first, block KV on demand, preemption by recomputation); see sim.instance.
+    scheduler: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,6 +127,12 @@ class StepModel:
         if self.chunked_context and self.max_num_tokens < self.max_batch:
             raise StepModelError(f"step model field 'max_num_tokens' must be >= max_batch ({self.max_batch}) with "
                                  f"chunked context (decode tokens count against it), got {self.max_num_tokens!r}")
+        if self.scheduler not in range(len(SCHEDULERS)):
+            raise StepModelError(f"step model field 'scheduler' must be 0..{len(SCHEDULERS) - 1} "
+                                 f"({', '.join(SCHEDULERS)}), got {self.scheduler!r}")
+        if self.scheduler and self.chunked_context:
+            raise StepModelError(f"chunked_context runs only with the guaranteed_no_evict scheduler, not "
+                                 f"{SCHEDULERS[self.scheduler]}")
         if self.kv_pad_tokens != int(self.kv_pad_tokens):
             raise StepModelError(f"step model field 'kv_pad_tokens' must be a whole number, got {self.kv_pad_tokens!r}")
 

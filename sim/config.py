@@ -93,6 +93,7 @@ class EngineConf:
     max_num_tokens: Optional[int] = None
     kv_cache_free_fraction: Optional[float] = None
     chunked_context: Optional[bool] = None
+    scheduler: Optional[str] = None  # guaranteed_no_evict, max_utilization, vllm (sim.instance)
 
 
 @dataclass
@@ -608,6 +609,12 @@ def build_run(cfg: Any) -> RunSpec:
                         f"'{task.workload}' has no curves for {task.model} in {path} (profiled workloads of "
                         f"{task.model}: {workloads})")
     check_engines(cfg, tasks, profiles)
+    if settings.prefix_cache is not None:
+        for task in tasks:
+            scheduler = task.engine.fields().get("scheduler") if task.engine is not None else None
+            if scheduler not in (None, "guaranteed_no_evict"):
+                raise _fail("cluster.prefix_cache.enabled", f"prefix caching runs only with the guaranteed_no_evict "
+                                                            f"scheduler; pool '{task.name}' runs {scheduler}")
     for gpu in settings.gpu_types:
         if gpu not in known_gpus:
             raise _fail("cluster.gpu_types", f"'{gpu}' has no profile in {path} (profiled: {sorted(known_gpus)})")

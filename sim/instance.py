@@ -70,6 +70,40 @@ without the flag the engine runs exactly the code above. With it:
   admission lead: as without chunking, the lead counts the ``n_seq`` of the ending iteration, and the engine never
   counts as going idle while a prompt is part-way.
 
+Schedulers (``StepModel.scheduler``; engine setting ``scheduler``). Everything above is TensorRT-LLM's
+GUARANTEED_NO_EVICT (``guaranteed_no_evict``, code 0, the default: a request's whole KV is reserved at admission, so
+nothing is ever evicted). Two more, each a separate class (``PagedInstance`` and its subclasses, picked by
+``Instance(...)`` from the step model) so the default path is untouched; both allocate KV on demand in blocks and
+evict running requests when the cache runs out:
+
+* ``max_utilization`` (code 1, ``MaxUtilizationInstance``, TensorRT-LLM's MAX_UTILIZATION capacity scheduler;
+  64-token blocks, ``tokens_per_block``): at each boundary every running request, oldest admission first, gets the
+  block its next token needs (a request with ``g`` tokens generated holds the KV of ``input + g - 1`` tokens and
+  its decode step writes one more); when no block is free the most recently admitted running request is paused:
+  its blocks are freed and it goes back to the head of the queue (paused ones in admission order). Then requests
+  are admitted from the queue head by their current need: the blocks of their prompt (not input + output), batch
+  room and the ``max_num_tokens`` budget. Decodes and prompts share the iteration, as under the default.
+* ``vllm`` (code 2, ``VllmInstance``, vLLM V0's default scheduler; 16-token blocks): prompts first: waiting prompts
+  are admitted from the head (``max_batch`` as ``max_num_seqs``, ``max_num_tokens`` as ``max_num_batched_tokens``,
+  blocks of the prompt leaving a watermark of 1 % of the blocks free); an iteration that admitted prompts runs no
+  decode step; otherwise every running request decodes, getting its block as above, and when none is free the
+  newest running request is preempted (recompute mode) to the head of the queue.
+* State of an evicted request (both): its KV is dropped, not kept or swapped, and it keeps the tokens it generated
+  (``g``). When readmitted it recomputes ``input + g`` tokens as one prompt (needing their blocks and budget; a
+  recomputed prompt longer than ``max_num_tokens`` runs as its iteration's only prompt), which costs a prefill of
+  ``input + g`` tokens (``(input + g)^2`` attention) and yields token ``g + 1``; its first-token time is that of
+  its first prefill. This is what TensorRT-LLM does with a paused request (its context is run again over prompt
+  and generated tokens) and vLLM's default preemption mode (recompute). The recomputed tokens are charged to the
+  request (energy per token computed, as everywhere), so per-request energies still sum to the busy energy.
+  ``preemptions`` counts evictions (``summary.json``: ``engine.<task>.preemptions``).
+* Admission at arrival: a request whose whole KV (input + output, in blocks) exceeds the blocks a prompt may take
+  is rejected (``exceeds_kv_capacity``), so one request alone always runs to completion and every request
+  finishes or is rejected; a prompt over ``max_num_tokens`` is rejected as under the default.
+* Not modelled with these schedulers: chunked context (``StepModel`` refuses the combination), prefix caching (an
+  instance refuses it), the admission lead (ignored). They advance one iteration per boundary (no closed-form
+  decode stretch: each iteration's allocation depends on every running request's length), so they cost a loop
+  turn per iteration; ``sim.reference.replay_paged`` is the per-iteration oracle they are tested against.
+
 Extrapolation (``profiles.fit_domain``): when the step model's fit domain knows its largest batch, every
 iteration that admits requests compares the batch they join (running + newly admitted) with it and counts
 the admitted requests of a larger one in ``batch_extrapolated`` (one comparison per admitting iteration;
@@ -119,8 +153,11 @@ class Instance:
     def __new__(cls, *args, **kwargs):
         # A step model with chunked context gets its own engine loop (ChunkedInstance); without, this class's.
         step = args[3] if len(args) > 3 else kwargs["step"]
-        if cls is Instance and step.chunked_context:
-            cls = ChunkedInstance
+        if cls is Instance:
+            if step.scheduler:
+                cls = _SCHEDULER_CLASSES[step.scheduler]
+            elif step.chunked_context:
+                cls = ChunkedInstance
         return object.__new__(cls)
 
     def __init__(
@@ -832,6 +869,256 @@ class ChunkedInstance(Instance):
         self.outstanding = outstanding
         if released:
             self.release(now)
+
+
+class PagedInstance(Instance):
+    """A replica whose scheduler allocates KV on demand and evicts running requests when it runs out (the
+    ``max_utilization`` and ``vllm`` schedulers; semantics in the module docstring). Built by ``Instance(...)`` when
+    ``StepModel.scheduler`` is not 0. It advances one iteration per decision point: the allocation of each
+    iteration depends on every running request's length, so there is no closed-form decode stretch."""
+
+    __slots__ = ("preemptions", "_run", "_gen", "_held", "_free", "_total_blocks", "_watermark", "_dec", "_pre")
+
+    BLOCK_TOKENS = 64  # KV tokens per block
+    PREFILL_FIRST = False  # vLLM: an iteration that schedules prompts runs no decode step
+    WATERMARK = 0.0  # share of the blocks a new prompt must leave free (vLLM's watermark)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.prefix_cache is not None:
+            raise ValueError(f"prefix caching runs only with the guaranteed_no_evict scheduler (instance {self.label})")
+        self.preemptions = 0  # running requests evicted (paused or preempted) to free KV
+        self._run: list[int] = []  # decoding requests, in order of (re)admission
+        self._gen: dict[int, int] = {}  # rid -> output tokens generated so far (kept across a preemption)
+        self._held: dict[int, int] = {}  # rid -> KV blocks held
+        self._total_blocks = self.step.kv_capacity_tokens // self.BLOCK_TOKENS
+        self._free = self._total_blocks
+        self._watermark = int(self.WATERMARK * self._total_blocks)
+        self._dec: list[int] = []  # decode steps of the iteration in flight
+        self._pre: list[tuple[int, int]] = []  # (rid, prompt tokens computed) of the iteration in flight
+
+    @property
+    def running(self) -> int:
+        return len(self._run) + len(self._pre)
+
+    @property
+    def kv_used_tokens(self) -> int:
+        """KV-cache tokens in the blocks the running requests hold."""
+        return (self._total_blocks - self._free) * self.BLOCK_TOKENS
+
+    def enqueue(self, rid: int, now_s: float) -> None:
+        """Accept a request at ``now_s`` (it waits for the next iteration boundary), or reject one that could not
+        run alone: its whole KV (input + output, in blocks) above the blocks a prompt may take, or its prompt over
+        ``max_num_tokens``."""
+        if self.next_s < now_s:
+            self.advance(now_s)
+        req = self.requests
+        slot = rid & req.mask
+        step = self.step
+        inp = req.input_tokens[slot]
+        block = self.BLOCK_TOKENS
+        if -(-(inp + req.output_tokens[slot]) // block) > self._total_blocks - self._watermark:
+            reason = _KV_CAPACITY
+        elif inp > step.max_num_tokens:
+            reason = _MAX_NUM_TOKENS
+        elif self.max_queue is not None and len(self.waiting) >= self.max_queue:
+            reason = _QUEUE_FULL
+        else:
+            req.instance[slot] = self.instance_id
+            req.energy_j[slot] = 0.0
+            self.waiting.append(rid)
+            self.outstanding += 1
+            if self.next_s == INF:
+                self.next_s = now_s
+            return
+        req.status[slot] = REJECTED
+        req.reason[slot] = reason
+        req.finish_s[slot] = now_s
+
+    def _decodes(self, dec: list[int]) -> None:
+        """Give every running request (oldest first) the block its next token needs; when none is free, evict the
+        most recently admitted running request (the request itself if it is the newest) back to the head of the
+        queue, where evicted requests keep their order. Fills ``dec`` with the requests that decode."""
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        block = self.BLOCK_TOKENS
+        run = self._run
+        gen = self._gen
+        held = self._held
+        free = self._free
+        evicted = []
+        i = 0
+        while i < len(run):
+            rid = run[i]
+            need = -(-(inp_col[rid & mask] + gen[rid]) // block) - held[rid]
+            if need > free:
+                victim = run.pop()
+                free += held[victim]
+                held[victim] = 0
+                evicted.append(victim)
+                continue
+            free -= need
+            held[rid] += need
+            i += 1
+        self._free = free
+        if evicted:
+            self.preemptions += len(evicted)
+            self.waiting.extendleft(evicted)  # newest first in ``evicted``: the oldest ends up at the head
+        dec.extend(run)
+
+    def _prompts(self, pre: list[tuple[int, int]], seqs: int) -> None:
+        """Admit from the queue head while the batch has room, the prompt's blocks fit (leaving the watermark) and
+        its tokens fit the budget (a recomputed prompt longer than ``max_num_tokens`` runs as an iteration's only
+        prompt). Nothing overtakes the head."""
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        block = self.BLOCK_TOKENS
+        waiting = self.waiting
+        gen = self._gen
+        held = self._held
+        room = self.step.max_batch - seqs
+        budget = self.step.max_num_tokens
+        avail = self._free - self._watermark
+        while waiting and room > 0:
+            rid = waiting[0]
+            g = gen.get(rid, 0)
+            tokens = inp_col[rid & mask] + g
+            blocks = -(-tokens // block)
+            if blocks > avail or (tokens > budget and pre):
+                break
+            waiting.popleft()
+            gen[rid] = g
+            held[rid] = blocks
+            avail -= blocks
+            budget -= tokens
+            room -= 1
+            pre.append((rid, tokens))
+        self._free = avail + self._watermark
+
+    def advance(self, until_s: float) -> None:
+        """Process every iteration boundary before ``until_s``: finish the iteration in flight, schedule the next."""
+        next_s = self.next_s
+        if next_s >= until_s:
+            return
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        out_col = req.output_tokens
+        first_col = req.first_token_s
+        finish_col = req.finish_s
+        status_col = req.status
+        energy_col = req.energy_j
+        step = self.step
+        gen = self._gen
+        held = self._held
+        run = self._run
+        dec = self._dec
+        pre = self._pre
+        fit_max_batch = self._fit_max_batch
+        released = False
+        while next_s < until_s:
+            now = next_s
+            if self._op == _OP_MIXED:  # the iteration in flight ends
+                self.busy_s += self._op_s
+                energy = self._op_j
+                self.busy_j += energy
+                per_token = energy / self._op_tokens
+                done = []
+                for rid in dec:
+                    slot = rid & mask
+                    energy_col[slot] += per_token
+                    g = gen[rid] + 1
+                    gen[rid] = g
+                    if g == out_col[slot]:
+                        done.append(rid)
+                for rid, tokens in pre:
+                    slot = rid & mask
+                    energy_col[slot] += per_token * tokens
+                    g = gen[rid]
+                    if g == 0:
+                        first_col[slot] = now
+                    g += 1
+                    gen[rid] = g
+                    run.append(rid)
+                    if g == out_col[slot]:
+                        done.append(rid)
+                for rid in done:
+                    slot = rid & mask
+                    run.remove(rid)
+                    self._free += held.pop(rid)
+                    del gen[rid]
+                    finish_col[slot] = now
+                    status_col[slot] = FINISHED
+                    self.tokens_out += int(out_col[slot])
+                    self.outstanding -= 1
+            # --- schedule the next iteration ---
+            dec.clear()
+            pre.clear()
+            if self.PREFILL_FIRST:
+                if self.waiting:
+                    self._prompts(pre, len(run))
+                if not pre:
+                    self._decodes(dec)
+            else:
+                self._decodes(dec)
+                if self.waiting:
+                    self._prompts(pre, len(dec))
+            if not dec and not pre:
+                self._op = _OP_NONE
+                next_s = INF
+                if not self.accepting:
+                    released = True
+                break
+            batch = len(dec)
+            prefill = 0
+            prefill_sq = 0
+            for _, tokens in pre:
+                prefill += tokens
+                prefill_sq += tokens * tokens
+            kv = 0
+            for rid in dec:
+                kv += inp_col[rid & mask] + gen[rid]
+            n_tok = batch + prefill
+            duration = step.iteration_s(batch + len(pre), n_tok, kv, prefill, prefill_sq)
+            if pre and self._graphs is not None:
+                duration += self._capture_s(n_tok, kv)
+            if pre and fit_max_batch and batch + len(pre) > fit_max_batch:
+                self._count_batch_extrapolation([rid for rid, _ in pre])
+            self._op_j = step.iteration_j(duration, n_tok, kv)
+            self._op_s = duration
+            self._op_tokens = n_tok
+            self._op_nseq = batch + len(pre)
+            self._op = _OP_MIXED
+            next_s = now + duration
+        self.next_s = next_s
+        if released:
+            self.release(now)
+
+
+class MaxUtilizationInstance(PagedInstance):
+    """TensorRT-LLM's MAX_UTILIZATION capacity scheduler (``scheduler: max_utilization``): every running request
+    first gets the KV block its next token needs (pausing the newest running requests when the cache is full),
+    then new and paused requests are admitted by their current KV need. Blocks of 64 tokens (TensorRT-LLM's
+    ``tokens_per_block``)."""
+
+    __slots__ = ()
+    BLOCK_TOKENS = 64
+
+
+class VllmInstance(PagedInstance):
+    """vLLM V0's default scheduler (``scheduler: vllm``): waiting prompts first (an iteration that admits prompts runs
+    no decode step), 16-token blocks allocated on demand, a 1 % block watermark kept free at admission, preemption
+    by recomputation of the newest running request; ``max_num_tokens`` is ``max_num_batched_tokens``."""
+
+    __slots__ = ()
+    BLOCK_TOKENS = 16
+    PREFILL_FIRST = True
+    WATERMARK = 0.01
+
+
+_SCHEDULER_CLASSES = {1: MaxUtilizationInstance, 2: VllmInstance}
 
 
 def replay_single_instance(step: StepModel, requests: RequestTable,

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from calibrate.probe_stats import tpot_s
 from profiles.fit_domain import FitDomain
+from profiles.step_model import SCHEDULERS
 from sim.cluster import RunResult, gpus_over_time, time_average
 from sim.deployment import TaskSpec
 from sim.requests import FINISHED, REJECT_REASONS, REJECTED, STATUS_NAMES, RequestBatch, table_batch
@@ -449,20 +450,23 @@ def run_summary(result, stats: RequestStats, tasks: Sequence[TaskSpec]) -> dict:
 def engine_summary(result) -> dict[str, dict]:
     """Per task, the engine settings its pool ran under (``settings``: a preset's name, or ``profile`` for the step
     models as the profile set states them, with any overrides in brackets; the fields set) and, per config label
-    it ran, the limits of the step model its replicas used."""
+    it ran, the limits of the step model its replicas used; ``preemptions``: running requests its replicas evicted
+    to free KV (the max_utilization and vllm schedulers; always 0 under guaranteed_no_evict)."""
     out: dict[str, dict] = {}
     for task in result.tasks:
         engine = getattr(task, "engine", None)
         out[task.name] = {"settings": engine.name if engine is not None else "profile",
-                          **(engine.fields() if engine is not None else {}), "configs": {}}
+                          **(engine.fields() if engine is not None else {}), "preemptions": 0, "configs": {}}
     for inst in result.instances:
         task = result.instance_task.get(inst.instance_id)
         if task not in out:
             continue
         step = inst.step
+        out[task]["preemptions"] += getattr(inst, "preemptions", 0)
         out[task]["configs"].setdefault(inst.label, {
             "max_batch": int(step.max_batch), "max_num_tokens": int(step.max_num_tokens),
-            "kv_capacity_tokens": int(step.kv_capacity_tokens), "chunked_context": bool(step.chunked_context)})
+            "kv_capacity_tokens": int(step.kv_capacity_tokens), "chunked_context": bool(step.chunked_context),
+            "scheduler": SCHEDULERS[step.scheduler]})
     for entry in out.values():
         entry["configs"] = dict(sorted(entry["configs"].items()))
     return out

@@ -253,3 +253,160 @@ def _chunked_iteration(step, arrival_s, input_tokens, output_tokens, prefix_id, 
             cache.insert(int(prefix_id[rid]), int(prefix_tokens[rid]))
         cache.shrink_to(step.kv_capacity_tokens - reserved)
     return busy_s, busy_j, now, reserved, batch + len(chunks)
+
+
+# KV blocks and admission rules of the on-demand schedulers (as sim.instance's MaxUtilizationInstance, VllmInstance)
+PAGED_SCHEDULERS = {1: dict(block_tokens=64, prefill_first=False, watermark=0.0),
+                    2: dict(block_tokens=16, prefill_first=True, watermark=0.01)}
+
+
+@dataclass(frozen=True, slots=True)
+class PagedReferenceResult:
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    busy_s: float
+    busy_j: float
+    energy_j: np.ndarray
+    preemptions: int
+    max_running: int  # most sequences in one iteration
+
+
+def replay_paged(step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarray,
+                 output_tokens: np.ndarray) -> PagedReferenceResult:
+    """Replay requests (each admissible alone) through one instance whose scheduler is ``max_utilization``
+    (``step.scheduler == 1``) or ``vllm`` (2), iteration by iteration, from the semantics in ``sim.instance``:
+
+    * a running request with ``g`` tokens generated holds the KV of ``input + g - 1`` tokens; its decode step writes
+      one more, so it needs ``ceil((input + g) / block)`` blocks; a (re)computed prompt of ``input + g`` tokens needs
+      ``ceil((input + g) / block)`` blocks and yields token ``g + 1`` (the first token only when ``g == 0``);
+    * decodes: running requests, oldest admission first, get their block; none free: the newest running request is
+      evicted (all its blocks freed; it may be the request itself) and goes back to the queue head (evicted ones
+      in admission order), keeping ``g``, to recompute ``input + g`` tokens later;
+    * prompts: from the queue head, while the sequences fit ``max_batch``, the blocks fit the free blocks less the
+      watermark (``int(share x total blocks)``) and the tokens fit ``max_num_tokens`` (an oversize recompute only
+      as the iteration's first prompt);
+    * max_utilization: decodes, then prompts in the same iteration; vllm: prompts first, and decodes only in an
+      iteration that admitted none;
+    * energy: an iteration's energy is shared per token computed (prompt tokens and one per decode step);
+    * CUDA-graph capture as for the default engine (first iteration with prompts of a padded shape).
+    """
+    rules = PAGED_SCHEDULERS[step.scheduler]
+    block = rules["block_tokens"]
+    total = step.kv_capacity_tokens // block
+    watermark = int(rules["watermark"] * total)
+    n = len(arrival_s)
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    energy = np.zeros(n)
+    generated = [0] * n
+    blocks_of = [0] * n
+    waiting: deque[int] = deque()
+    running: list[int] = []
+    free = total
+    now = 0.0
+    nxt = 0
+    busy_s = busy_j = 0.0
+    preemptions = 0
+    max_running = 0
+    graphs: set[tuple] = set()
+
+    def blocks(tokens: int) -> int:
+        return (tokens + block - 1) // block
+
+    while nxt < n or waiting or running:
+        if not waiting and not running:
+            now = max(now, float(arrival_s[nxt]))
+        while nxt < n and arrival_s[nxt] <= now:
+            waiting.append(nxt)
+            nxt += 1
+        decodes: list[int] = []
+        prompts: list[tuple[int, int]] = []
+
+        def schedule_decodes():
+            nonlocal free, preemptions
+            out = []
+            order = list(running)
+            evicted = []
+            for rid in order:
+                if rid in evicted:
+                    continue
+                want = blocks(int(input_tokens[rid]) + generated[rid])
+                while want - blocks_of[rid] > free:
+                    victim = [r for r in running if r not in evicted][-1]
+                    evicted.append(victim)
+                    free += blocks_of[victim]
+                    blocks_of[victim] = 0
+                    if victim == rid:
+                        break
+                if rid in evicted:
+                    continue
+                free -= want - blocks_of[rid]
+                blocks_of[rid] = want
+                out.append(rid)
+            for rid in evicted:
+                running.remove(rid)
+            preemptions += len(evicted)
+            for rid in reversed(sorted(evicted, key=order.index)):
+                waiting.appendleft(rid)
+            return out
+
+        def schedule_prompts(seqs):
+            nonlocal free
+            out = []
+            budget = step.max_num_tokens
+            while waiting and seqs + len(out) < step.max_batch:
+                rid = waiting[0]
+                tokens = int(input_tokens[rid]) + generated[rid]
+                if blocks(tokens) > free - watermark or (tokens > budget and out):
+                    break
+                waiting.popleft()
+                free -= blocks(tokens)
+                blocks_of[rid] = blocks(tokens)
+                budget -= tokens
+                out.append((rid, tokens))
+            return out
+
+        if rules["prefill_first"]:
+            prompts = schedule_prompts(len(running))
+            if not prompts:
+                decodes = schedule_decodes()
+        else:
+            decodes = schedule_decodes()
+            prompts = schedule_prompts(len(running))
+        if not decodes and not prompts:
+            continue  # cannot happen for admissible requests
+        max_running = max(max_running, len(decodes) + len(prompts))
+        kv = sum(int(input_tokens[rid]) + generated[rid] for rid in decodes)
+        prefill = sum(t for _, t in prompts)
+        prefill_sq = sum(t * t for _, t in prompts)
+        n_tok = len(decodes) + prefill
+        duration = step.iteration_s(len(decodes) + len(prompts), n_tok, kv, prefill, prefill_sq)
+        if prompts and step.graph_capture_s > 0.0:  # the first iteration with prompts of a padded shape captures it
+            shape = step.graph_shape(n_tok, kv)
+            if shape not in graphs:
+                graphs.add(shape)
+                duration += step.graph_capture_s
+        joules = step.iteration_j(duration, n_tok, kv)
+        busy_s += duration
+        busy_j += joules
+        now += duration
+        finished = []
+        for rid in decodes:
+            energy[rid] += joules / n_tok
+            generated[rid] += 1
+            if generated[rid] == output_tokens[rid]:
+                finished.append(rid)
+        for rid, tokens in prompts:
+            energy[rid] += joules / n_tok * tokens
+            if generated[rid] == 0:
+                first[rid] = now
+            generated[rid] += 1
+            running.append(rid)
+            if generated[rid] == output_tokens[rid]:
+                finished.append(rid)
+        for rid in finished:
+            running.remove(rid)
+            free += blocks_of[rid]
+            blocks_of[rid] = 0
+            finish[rid] = now
+    return PagedReferenceResult(first, finish, busy_s, busy_j, energy, preemptions, max_running)

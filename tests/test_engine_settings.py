@@ -95,7 +95,7 @@ def test_run_and_pool_settings_resolve_per_pool():
     engines = {t.name: t.engine for t in spec.tasks}
     assert engines["chat-s"] == TRTLLM_SERVE.with_overrides(kv_cache_free_fraction=0.8)
     assert engines["code"].fields() == dict(max_batch=2048, max_num_tokens=4096, kv_cache_free_fraction=0.8,
-                                            chunked_context=True)
+                                            chunked_context=True, scheduler="guaranteed_no_evict")
     assert engines["chat-r"].fields() == dict(PAPER_CASE_STUDY.fields(), kv_cache_free_fraction=0.8)
     profile_only = build_run(composed(SMALL + ["cluster.pools.code.engine.chunked_context=true"]))
     assert {t.name: t.engine for t in profile_only.tasks} == {
