@@ -18,11 +18,19 @@ What it sees, ``ctx: PlanContext`` (``sim.deployment``), read-only:
   throughput, power, energy per token), ``step(key)`` (the step model);
 * ``current`` - the ``Deployment`` in force (None at the first plan); ``fleet`` - a ``FleetView``: the GPU types
   the policy may use and per task a ``PoolState`` (config, DP asked for, replicas serving / loading / draining,
-  GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none).
+  GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none);
+* ``rate_history`` - short-term peaks of the past: per earlier window, ``{task: WindowRates}`` (mean and the
+  P50/P90/P99/max of the per-bin arrival rates, ``sim.deployment.WindowRates``), counted from arrivals before
+  ``now_s`` only. Filled only for a policy class that declares ``rate_bin_s = <seconds>`` (e.g. 10); computed once
+  per re-plan from the arrival counter, never on the per-request path;
+* ``fleet_gpus`` - ``cluster.fleet``: whole GPUs per type that the plan must fit in (None: unbounded). A plan that
+  needs more GPUs of a type than the fleet has is an error (``PlanError`` naming the type and each task's GPUs);
+  it is not clipped. A policy that cannot fit every task returns ``dp=0`` for those it leaves unserved.
 
 What it returns: a ``Deployment`` holding one ``PoolPlan(task, key, dp)`` per task of ``ctx.tasks``, where ``key``
 is a ``ConfigKey(gpu, model, quant, tp)`` of the profile set, of the task's model, on one of ``ctx.gpu_types``, and
-``dp >= 1`` replicas. The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
+``dp >= 0`` replicas (``dp=0``: the task is not served; its requests are rejected, reason ``no_replica``, and the
+run names it in ``summary.json`` ``unserved_tasks``). The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
 ``predicted_energy_per_output_token_j``, ``quality``) are reported in ``deployments.csv``. Returning the plan in force
 again costs nothing; a changed config or DP pays the model-load delay (``sim.pool``). Every plan is checked
 (``check_deployment``); one that breaks a rule stops the run with one line naming the policy, the time and the
@@ -107,11 +115,22 @@ def check_deployment(deployment: object, ctx: PlanContext, policy: str, configs:
             raise PlanError(f"{where}: task '{plan.task}': config {key.label} runs on {key.gpu}, not one of "
                             f"cluster.gpu_types {list(ctx.gpu_types)}")
         dp = plan.dp
-        if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 1:
-            raise PlanError(f"{where}: task '{plan.task}': dp={dp!r}, must be a whole number >= 1")
+        if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 0:
+            raise PlanError(f"{where}: task '{plan.task}': dp={dp!r}, must be a whole number >= 0 (0: not served)")
     missing = [name for name in tasks if name not in seen]
     if missing:
         raise PlanError(f"{where}: task(s) {missing} missing (every task of the run needs a PoolPlan)")
+    fleet = ctx.fleet_gpus
+    if fleet is not None:
+        used: dict[str, int] = {}
+        for plan in plans:
+            used[plan.key.gpu] = used.get(plan.key.gpu, 0) + plan.gpus
+        for gpu, n in sorted(used.items()):
+            if n > fleet.get(gpu, 0):
+                asked = ", ".join(f"{p.task}: {p.gpus}" for p in plans if p.key.gpu == gpu and p.gpus)
+                raise PlanError(f"{where}: plan needs {n} {gpu} GPUs, cluster.fleet has {fleet.get(gpu, 0)} "
+                                f"({asked}); a policy that cannot fit must leave tasks unserved (dp=0), e.g. "
+                                f"policy=fleet_milp")
     return deployment
 
 
