@@ -121,7 +121,7 @@ class ClusterConf:
     max_queue: Optional[int] = None
     drain_limit_s: float = 3600.0
     prefix_cache: PrefixCacheConf = field(default_factory=PrefixCacheConf)
-    fleet: Optional[dict[str, Any]] = None  # GPUs per type every plan must fit in, e.g. {a100-40gb: 16}; null: unbounded
+    fleet: Any = None  # GPUs per type every plan must fit in, e.g. {a100-40gb: 16}; null: unbounded
 
 
 @dataclass

@@ -135,6 +135,8 @@ class Pool:
             fit_domain=self.profiles.fit_domain(key),
         )
         self.key_of[instance.instance_id] = key
+        sat = self.profiles.saturation_qps(key, self.task.workload, self.task.slo)
+        instance.capacity_qps = sat if sat > 0 else 1.0
         self.replicas.append(instance)
         self.all_instances.append(instance)
         self._on_gpus(self.task.name, now, key.tp)

@@ -1,0 +1,178 @@
+"""Global planner over a fixed fleet (issue 14, part 5): every task at once, by mixed-integer programming.
+
+Per task t and config c (of the task's model, on a GPU type of the fleet, meeting the quality floor and, at some
+load, the latency SLO; saturation x_c, TP tp_c, busy power P_c = the profile's mean power at x_c · headroom):
+
+    maximise the tasks served, then minimise  Σ n_tc · P_c                        (W/replica, busy: an upper bound)
+    s.t.  Σ_c n_tc · x_c · headroom >= load_t · Σ_c y_tc      (capacity: saturation QPS covers the load)
+          y_tc <= n_tc <= U_tc · y_tc,  Σ_c y_tc <= 1           (one config per task; y: chosen, n: replicas)
+          Σ_{t, c on g} n_tc · tp_c <= fleet_g                  (cluster.fleet, GPUs per type)
+
+solved with ``scipy.optimize.milp`` (HiGHS). Serving a task outweighs any energy (the objective gives each served
+task a weight above the fleet's whole power), so a fleet too small for all tasks serves as many as fit, at the
+least power, and leaves the rest unserved (``dp=0``; ``summary.json`` ``unserved_tasks`` and the console name
+them). Without ``cluster.fleet`` the fleet is unbounded and the plan is each task's least-power pool.
+
+Limitation (stated, not hidden): a pool runs one config (``PoolPlan`` holds one key), so the MILP picks one config
+per task; pools mixing GPU types are not built. ``sim.router.WeightedLeastOutstanding`` (capacity-weighted
+routing) is the router such pools would need and is shipped and tested on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from sim.deployment import Deployment, PlanContext, PoolPlan
+from sim.planning import task_configs
+from sim.policy_api import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One way to serve a task: a config's GPU type, TP, saturation QPS (after headroom) and busy power."""
+
+    key: object
+    gpu: str
+    tp: int
+    capacity_qps: float
+    power_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A task's pool: ``options[task][index]`` times ``dp``; None in ``FleetSolution.pools``: unserved."""
+
+    index: int
+    dp: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSolution:
+    pools: dict[str, Assignment | None]
+    power_w: float
+
+    @property
+    def unserved(self) -> list[str]:
+        return [t for t, a in self.pools.items() if a is None]
+
+
+def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
+                fleet: dict[str, int] | None) -> FleetSolution:
+    """The MILP above: most tasks served, then least power, within ``fleet`` (None: unbounded)."""
+    tasks = list(options)
+    var: list[tuple[str, int]] = [(t, i) for t in tasks for i in range(len(options[t]))]
+    nv = len(var)
+    if nv == 0:
+        return FleetSolution({t: None for t in tasks}, 0.0)
+    upper = []
+    for t, i in var:
+        o = options[t][i]
+        need = max(1, math.ceil(load_qps[t] / o.capacity_qps - 1e-9))
+        cap = fleet.get(o.gpu, 0) // o.tp if fleet is not None else need
+        upper.append(min(need, cap))
+    # variables: n_0..n_{nv-1}, y_0..y_{nv-1}
+    total_power = sum(options[t][i].power_w * upper[k] for k, (t, i) in enumerate(var)) + 1.0
+    c = np.concatenate([[options[t][i].power_w for t, i in var], np.full(nv, -total_power)])
+    rows, lo, hi = [], [], []
+
+    def row() -> np.ndarray:
+        return np.zeros(2 * nv)
+
+    for t in tasks:
+        cap, one = row(), row()
+        for k, (tk, i) in enumerate(var):
+            if tk == t:
+                cap[k] = options[t][i].capacity_qps
+                cap[nv + k] = -load_qps[t]
+                one[nv + k] = 1.0
+        rows += [cap, one]
+        lo += [0.0, 0.0]
+        hi += [np.inf, 1.0]
+    for k in range(nv):
+        link_hi, link_lo = row(), row()
+        link_hi[k], link_hi[nv + k] = 1.0, -float(upper[k])  # n <= U y
+        link_lo[k], link_lo[nv + k] = 1.0, -1.0  # n >= y
+        rows += [link_hi, link_lo]
+        lo += [-np.inf, 0.0]
+        hi += [0.0, np.inf]
+    if fleet is not None:
+        for gpu in sorted({options[t][i].gpu for t, i in var}):
+            r = row()
+            for k, (t, i) in enumerate(var):
+                if options[t][i].gpu == gpu:
+                    r[k] = options[t][i].tp
+            rows.append(r)
+            lo.append(-np.inf)
+            hi.append(float(fleet.get(gpu, 0)))
+    ub = np.concatenate([np.array(upper, dtype=float), np.where(np.array(upper) > 0, 1.0, 0.0)])
+    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(2 * nv),
+               bounds=Bounds(np.zeros(2 * nv), ub))
+    if res.x is None:
+        raise RuntimeError(f"fleet MILP found no solution: {res.message}")
+    x = np.round(res.x).astype(int)
+    pools: dict[str, Assignment | None] = {t: None for t in tasks}
+    power = 0.0
+    for k, (t, i) in enumerate(var):
+        if x[nv + k] >= 1 and x[k] >= 1:
+            pools[t] = Assignment(i, int(x[k]))
+            power += options[t][i].power_w * int(x[k])
+    return FleetSolution(pools, power)
+
+
+def busy_power_w(profiles, key, workload: str, qps: float) -> float:
+    """The profile's mean power of one replica at ``qps`` (interpolated on its curve); inf when it has none."""
+    curve = profiles.curve(key, workload)
+    rows = curve[curve["mean_power_w"].notna()]
+    if rows.empty:
+        return math.inf
+    return float(np.interp(qps, rows["qps"].to_numpy(float), rows["mean_power_w"].to_numpy(float)))
+
+
+class FleetMilp(Policy):
+    name = "fleet_milp"
+    param_ranges = {"headroom": (0, False, 1, False, False)}
+
+    def __init__(self, headroom: float = 0.9):
+        if not (0 < headroom <= 1):
+            raise ValueError(f"policy.headroom must be in (0, 1], got {headroom}")
+        self.headroom = float(headroom)
+        self.unserved: dict[str, float] = {}  # task -> first time (s) it was left unserved
+        self._options: dict[tuple[str, tuple[str, ...]], list[Option]] = {}
+
+    def options(self, ctx: PlanContext, task) -> list[Option]:
+        memo = (task.name, tuple(ctx.gpu_types))
+        if memo not in self._options:
+            opts = []
+            for key in task_configs(ctx.profiles, task, ctx.gpu_types):
+                if ctx.profiles.quality_score(key.model, key.quant, task.name) < task.quality_min:
+                    continue
+                sat = ctx.profiles.saturation_qps(key, task.workload, task.slo)
+                if sat <= 0:
+                    continue
+                power = busy_power_w(ctx.profiles, key, task.workload, sat * self.headroom)
+                if math.isfinite(power):
+                    opts.append(Option(key, key.gpu, key.tp, sat * self.headroom, power))
+            self._options[memo] = sorted(opts, key=lambda o: o.key.label)
+        return self._options[memo]
+
+    def plan(self, ctx: PlanContext) -> Deployment:
+        options = {t.name: self.options(ctx, t) for t in ctx.tasks}
+        fleet = dict(ctx.fleet_gpus) if ctx.fleet_gpus is not None else None
+        solution = solve_fleet(dict(ctx.load_qps), options, fleet)
+        plans = []
+        for task in ctx.tasks:
+            a = solution.pools[task.name]
+            if a is None:
+                self.unserved.setdefault(task.name, ctx.now_s)
+                any_key = (options[task.name][0].key if options[task.name]
+                           else task_configs(ctx.profiles, task, ctx.gpu_types)[0])
+                plans.append(PoolPlan(task.name, any_key, 0, ctx.load_qps[task.name]))
+                continue
+            o = options[task.name][a.index]
+            plans.append(PoolPlan(task.name, o.key, a.dp, ctx.load_qps[task.name], o.capacity_qps / self.headroom,
+                                  math.nan, ctx.profiles.quality_score(o.key.model, o.key.quant, task.name)))
+        return Deployment(tuple(plans))

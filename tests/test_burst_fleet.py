@@ -1,0 +1,238 @@
+"""Issue 14 parts 4 and 5: burst-aware sizing (above the mean on bursts, holds under noise, no look-ahead), the
+fleet MILP (equals brute force, names the unserved task), capacity-weighted routing and ``cluster.fleet`` checks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+import sim.main  # noqa: F401  (registers the schema)
+from conftest import make_trace
+from profiles.profile_set import LatencySlo, ProfileSet, default_profile_path
+from sim.burst_aware import BurstAware
+from sim.cluster import ClusterSettings, simulate
+from sim.config import ConfigError, build_run
+from sim.deployment import TaskSpec
+from sim.fleet_milp import Option, solve_fleet
+from sim.main import run
+from sim.policies import SloEnergyOptimal
+from sim.router import WeightedLeastOutstanding
+
+TASK = TaskSpec("chat-s", "llama2-13b", "sharegpt", LatencySlo(1.0, 0.2), quality_min=55.0)
+WINDOW_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def profiles():
+    return ProfileSet.load(default_profile_path())
+
+
+def arrivals(rates_per_second: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Poisson arrivals second by second at the given rates."""
+    rng = np.random.default_rng(seed)
+    out = [s + np.sort(rng.random(rng.poisson(r))) for s, r in enumerate(rates_per_second)]
+    return np.concatenate(out)
+
+
+def trace_of(arrival_s: np.ndarray):
+    n = len(arrival_s)
+    return make_trace(arrival_s, np.full(n, 100), np.full(n, 20), names=("chat-s",))
+
+
+def settings(**kw):
+    return ClusterSettings(gpu_types=("h100-80gb",), replan_interval_s=WINDOW_S, engine_start_s=1.0, **kw)
+
+
+def plans(result):
+    return [(t, d.for_task("chat-s")) for t, d in result.deployments]
+
+
+def sat_of(profiles, key):
+    return profiles.saturation_qps(key, TASK.workload, TASK.slo)
+
+
+def test_burst_aware_sizes_above_the_mean_on_bursts(profiles):
+    # 10 s of every minute at 10x the base rate: the mean is ~1.9x the base, the 2-s peaks 10x
+    base = 3.0
+    rates = np.tile(np.r_[np.full(50, base), np.full(10, 10 * base)], 10)
+    result = simulate(trace_of(arrivals(rates)), [TASK], BurstAware(), profiles, settings())
+    later = [p for t, p in plans(result) if t >= 2 * WINDOW_S]
+    mean_qps = rates.mean()
+    for plan in later:
+        assert plan.load_qps > 3 * mean_qps  # sized for the peak, not the mean
+        assert plan.dp * sat_of(profiles, plan.key) >= plan.load_qps
+    seo = simulate(trace_of(arrivals(rates)), [TASK], SloEnergyOptimal(), profiles, settings())
+    assert max(p.load_qps for _, p in plans(seo)) < 1.2 * mean_qps
+
+
+def test_burst_aware_keeps_its_plan_under_noise(profiles):
+    # window rates alternate around SLO-Energy-Optimal's DP boundary: it re-plans every window, burst-aware holds
+    key = simulate(trace_of(arrivals(np.full(60, 5.0))), [TASK], SloEnergyOptimal(), profiles,
+                   settings()).deployments[0][1].for_task("chat-s").key
+    sat = sat_of(profiles, key) * 0.9
+    lo, hi = 0.7 * sat, 1.3 * sat
+    rates = np.concatenate([np.full(int(WINDOW_S), hi if i % 2 else lo) for i in range(12)])
+    trace = trace_of(arrivals(rates, seed=3))
+    seo = simulate(trace, [TASK], SloEnergyOptimal(), profiles, settings())
+    burst = simulate(trace, [TASK], BurstAware(), profiles, settings())
+    assert seo.reconfigurations["chat-s"] >= 8
+    assert burst.reconfigurations["chat-s"] <= 2
+
+
+class Spy(BurstAware):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def plan_task(self, ctx, task):
+        for end_s, _ in ctx.rate_history:
+            assert end_s <= ctx.now_s
+        self.seen.append(ctx.now_s)
+        return super().plan_task(ctx, task)
+
+
+def test_burst_aware_does_not_look_ahead(profiles):
+    # quiet for 10 windows, then a burst: no plan before the burst is sized for it
+    rates = np.r_[np.full(600, 2.0), np.full(60, 60.0), np.full(120, 2.0)]
+    policy = Spy()
+    result = simulate(trace_of(arrivals(rates)), [TASK], policy, profiles,
+                      settings(load_estimate="trailing"))
+    before = [p for t, p in plans(result) if 0 < t <= 600]
+    after = [p for t, p in plans(result) if t == 660]
+    assert before and after
+    assert max(p.load_qps for p in before) < 10
+    assert max(p.dp * p.key.tp for p in before) < after[0].dp * after[0].key.tp
+    assert after[0].load_qps > 40
+
+
+# --- the fleet MILP ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class K:
+    label: str
+
+
+def brute_force(load, options, fleet):
+    """Most tasks served, then least power, by enumerating every (config, DP) per task."""
+    tasks = list(options)
+    choices = []
+    for t in tasks:
+        per = [None]
+        for i, o in enumerate(options[t]):
+            for dp in range(1, fleet.get(o.gpu, 0) // o.tp + 1):
+                if dp * o.capacity_qps >= load[t]:
+                    per.append((i, dp))
+        choices.append(per)
+    best = None
+    for combo in itertools.product(*choices):
+        used = {}
+        power = 0.0
+        for t, c in zip(tasks, combo):
+            if c is not None:
+                o = options[t][c[0]]
+                used[o.gpu] = used.get(o.gpu, 0) + c[1] * o.tp
+                power += c[1] * o.power_w
+        if any(n > fleet.get(g, 0) for g, n in used.items()):
+            continue
+        score = (-sum(c is not None for c in combo), round(power, 9))
+        if best is None or score < best:
+            best = score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_milp_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    gpus = ["a", "b"]
+    options = {}
+    load = {}
+    for t in ("t1", "t2", "t3"):
+        options[t] = [Option(K(f"{t}-{j}"), gpus[j % 2], int(rng.choice([1, 2])), float(rng.uniform(2, 10)),
+                             float(rng.uniform(100, 900))) for j in range(3)]
+        load[t] = float(rng.uniform(1, 20))
+    fleet = {"a": int(rng.integers(1, 6)), "b": int(rng.integers(1, 6))}
+    solution = solve_fleet(load, options, fleet)
+    served = sum(a is not None for a in solution.pools.values())
+    expected = brute_force(load, options, fleet)
+    assert (-served, round(solution.power_w, 6)) == (expected[0], pytest.approx(expected[1], abs=1e-6))
+    used = {}
+    for t, a in solution.pools.items():
+        if a is not None:
+            o = options[t][a.index]
+            assert a.dp * o.capacity_qps >= load[t] - 1e-9
+            used[o.gpu] = used.get(o.gpu, 0) + a.dp * o.tp
+    assert all(n <= fleet[g] for g, n in used.items())
+
+
+SMALL = ["trace.duration_s=60", "trace.total_rate_qps=20", "cluster.replan_interval_s=20", "progress=false",
+         "outputs.figures=false"]
+
+
+def composed(overrides):
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_too_small_fleet_names_the_unserved_task(tmp_path, capsys):
+    cfg = composed(SMALL + ["policy=fleet_milp", "cluster.fleet={a100-40gb: 1, h100-80gb: 2}"])
+    summary = run(cfg, tmp_path)
+    assert summary["unserved_tasks"], summary["unserved_tasks"]
+    out = capsys.readouterr().out
+    for task in summary["unserved_tasks"]:
+        assert f"task '{task}' NOT SERVED" in out
+        rows = [t for t in summary["tasks"] if t["task"] == task]
+        assert rows[0]["finished"] == 0
+    assert summary["finished"] + summary["rejected"] == summary["requests"]
+    # a per-task policy over the same fleet: one line naming the fleet and the tasks' GPUs
+    cfg = composed(SMALL + ["policy=slo_energy_optimal", "cluster.fleet={a100-40gb: 1, h100-80gb: 2}"])
+    with pytest.raises(ConfigError) as err:
+        run(cfg, tmp_path / "seo")
+    message = str(err.value)
+    assert "\n" not in message and "cluster.fleet" in message and "GPUs" in message
+
+
+def test_fleet_milp_unbounded_fleet_serves_every_task(tmp_path):
+    summary = run(composed(SMALL + ["policy=fleet_milp"]), tmp_path)
+    assert summary["unserved_tasks"] == {} and summary["rejected"] == 0
+
+
+@pytest.mark.parametrize("value, key", [
+    ("{a100-40gb: -1}", "cluster.fleet.a100-40gb"),
+    ("{a100-40gb: 1.5}", "cluster.fleet.a100-40gb"),
+    ("{tpu-v5: 4}", "cluster.fleet.tpu-v5"),
+    ("7", "cluster.fleet"),
+    ("{a100-40gb: lots}", "cluster.fleet.a100-40gb"),
+])
+def test_bad_fleet_is_one_line(value, key):
+    with pytest.raises(ConfigError) as err:
+        build_run(composed(SMALL + [f"cluster.fleet={value}"]))
+    message = str(err.value)
+    assert "\n" not in message and key in message
+
+
+# --- capacity-weighted routing ------------------------------------------------------------------------------
+
+class FakeReplica:
+    def __init__(self, instance_id, capacity_qps):
+        self.instance_id = instance_id
+        self.capacity_qps = capacity_qps
+        self.serving = True
+        self.next_s = math.inf
+        self.outstanding = 0
+
+
+def test_weighted_router_routes_in_proportion_to_capacity():
+    replicas = [FakeReplica(0, 30.0), FakeReplica(1, 10.0), FakeReplica(2, 20.0)]
+    router = WeightedLeastOutstanding()
+    picks = {0: 0, 1: 0, 2: 0}
+    for i in range(600):  # nothing finishes: the outstanding work is spread in proportion to capacity
+        chosen = router.pick(replicas, float(i))
+        chosen.outstanding += 1
+        picks[chosen.instance_id] += 1
+    share = np.array([picks[0], picks[1], picks[2]]) / 600
+    assert share == pytest.approx([0.5, 1 / 6, 1 / 3], abs=0.01)
