@@ -39,10 +39,22 @@ class PoolPlan:
     saturation_qps: float = math.nan
     predicted_energy_per_output_token_j: float = math.nan
     quality: float = math.nan
+    # Further (config, replicas) groups of the same model in the same pool: a pool mixing GPU types (or configs).
+    # Empty for a one-config pool. Route such a pool with router=weighted_least_outstanding (capacity-weighted).
+    mix: tuple[tuple[ConfigKey, int], ...] = ()
+
+    @property
+    def groups(self) -> tuple[tuple[ConfigKey, int], ...]:
+        """Every (config, replicas) group of the pool: (key, dp) first, then ``mix``."""
+        return ((self.key, self.dp),) + tuple(self.mix)
+
+    @property
+    def label(self) -> str:
+        return "+".join(f"{n}x{k.label}" for k, n in self.groups) if self.mix else self.key.label
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.key.tp
+        return self.dp * self.key.tp + sum(n * k.tp for k, n in self.mix)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,10 @@
 Per task t and config c (of the task's model, on a GPU type of the fleet, meeting the quality floor and, at some
 load, the latency SLO; saturation x_c, TP tp_c, busy power P_c = the profile's mean power at x_c · headroom):
 
-    maximise the tasks served, then minimise  Σ n_tc · P_c                        (W/replica, busy: an upper bound)
-    s.t.  Σ_c n_tc · x_c · headroom >= load_t · Σ_c y_tc      (capacity: saturation QPS covers the load)
-          y_tc <= n_tc <= U_tc · y_tc,  Σ_c y_tc <= 1           (one config per task; y: chosen, n: replicas)
+    maximise the tasks served Σ u_t, then minimise  Σ n_tc · P_c               (W/replica, busy: an upper bound)
+    s.t.  Σ_c n_tc · x_c · headroom >= load_t · u_t           (capacity: saturation QPS covers the load)
+          y_tc <= n_tc <= U_tc · y_tc,  y_tc <= u_t <= Σ_c y_tc (y: config used, n: its replicas, u: task served)
+          Σ_c y_tc <= max_configs                               (a pool mixes at most max_configs configs)
           Σ_{t, c on g} n_tc · tp_c <= fleet_g                  (cluster.fleet, GPUs per type)
 
 solved with ``scipy.optimize.milp`` (HiGHS). Serving a task outweighs any energy (the objective gives each served
@@ -13,9 +14,9 @@ task a weight above the fleet's whole power), so a fleet too small for all tasks
 least power, and leaves the rest unserved (``dp=0``; ``summary.json`` ``unserved_tasks`` and the console name
 them). Without ``cluster.fleet`` the fleet is unbounded and the plan is each task's least-power pool.
 
-Limitation (stated, not hidden): a pool runs one config (``PoolPlan`` holds one key), so the MILP picks one config
-per task; pools mixing GPU types are not built. ``sim.router.WeightedLeastOutstanding`` (capacity-weighted
-routing) is the router such pools would need and is shipped and tested on its own.
+A pool may mix configs (GPU types) of its model, up to ``max_configs`` (``PoolPlan.mix``): when one GPU type runs
+out, the rest of a task's load goes to another. Route such pools with ``router=weighted_least_outstanding``, which
+weights replicas by their saturation QPS.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Option:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """A task's pool: ``options[task][index]`` times ``dp``; None in ``FleetSolution.pools``: unserved."""
+    """One group of a task's pool: ``options[task][index]`` times ``dp``."""
 
     index: int
     dp: int
@@ -52,7 +53,7 @@ class Assignment:
 
 @dataclass(frozen=True, slots=True)
 class FleetSolution:
-    pools: dict[str, Assignment | None]
+    pools: dict[str, tuple[Assignment, ...] | None]  # None: unserved
     power_w: float
 
     @property
@@ -61,11 +62,12 @@ class FleetSolution:
 
 
 def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
-                fleet: dict[str, int] | None) -> FleetSolution:
-    """The MILP above: most tasks served, then least power, within ``fleet`` (None: unbounded)."""
+                fleet: dict[str, int] | None, max_configs: int = 2) -> FleetSolution:
+    """The MILP above: most tasks served, then least power, within ``fleet`` (None: unbounded); a pool holds at
+    most ``max_configs`` configs (1: no mixing)."""
     tasks = list(options)
     var: list[tuple[str, int]] = [(t, i) for t in tasks for i in range(len(options[t]))]
-    nv = len(var)
+    nv, nt = len(var), len(tasks)
     if nv == 0:
         return FleetSolution({t: None for t in tasks}, 0.0)
     upper = []
@@ -74,52 +76,47 @@ def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
         need = max(1, math.ceil(load_qps[t] / o.capacity_qps - 1e-9))
         cap = fleet.get(o.gpu, 0) // o.tp if fleet is not None else need
         upper.append(min(need, cap))
-    # variables: n_0..n_{nv-1}, y_0..y_{nv-1}
+    # variables: n (replicas per option), y (option used), u (task served)
+    size = 2 * nv + nt
     total_power = sum(options[t][i].power_w * upper[k] for k, (t, i) in enumerate(var)) + 1.0
-    c = np.concatenate([[options[t][i].power_w for t, i in var], np.full(nv, -total_power)])
+    c = np.concatenate([[options[t][i].power_w for t, i in var], np.zeros(nv), np.full(nt, -total_power)])
     rows, lo, hi = [], [], []
 
-    def row() -> np.ndarray:
-        return np.zeros(2 * nv)
+    def add(entries: dict[int, float], low: float, high: float) -> None:
+        r = np.zeros(size)
+        for j, v in entries.items():
+            r[j] += v
+        rows.append(r)
+        lo.append(low)
+        hi.append(high)
 
-    for t in tasks:
-        cap, one = row(), row()
-        for k, (tk, i) in enumerate(var):
-            if tk == t:
-                cap[k] = options[t][i].capacity_qps
-                cap[nv + k] = -load_qps[t]
-                one[nv + k] = 1.0
-        rows += [cap, one]
-        lo += [0.0, 0.0]
-        hi += [np.inf, 1.0]
+    for j, t in enumerate(tasks):
+        mine = [k for k, (tk, _) in enumerate(var) if tk == t]
+        u = 2 * nv + j
+        add({**{k: options[t][var[k][1]].capacity_qps for k in mine}, u: -load_qps[t]}, 0.0, np.inf)  # capacity
+        add({**{nv + k: 1.0 for k in mine}, u: -1.0}, 0.0, np.inf)  # served: some option used
+        add({nv + k: 1.0 for k in mine}, -np.inf, float(max_configs))
+        for k in mine:
+            add({nv + k: 1.0, u: -1.0}, -np.inf, 0.0)  # an option is used only by a served task
     for k in range(nv):
-        link_hi, link_lo = row(), row()
-        link_hi[k], link_hi[nv + k] = 1.0, -float(upper[k])  # n <= U y
-        link_lo[k], link_lo[nv + k] = 1.0, -1.0  # n >= y
-        rows += [link_hi, link_lo]
-        lo += [-np.inf, 0.0]
-        hi += [0.0, np.inf]
+        add({k: 1.0, nv + k: -float(upper[k])}, -np.inf, 0.0)  # n <= U y
+        add({k: 1.0, nv + k: -1.0}, 0.0, np.inf)  # n >= y
     if fleet is not None:
         for gpu in sorted({options[t][i].gpu for t, i in var}):
-            r = row()
-            for k, (t, i) in enumerate(var):
-                if options[t][i].gpu == gpu:
-                    r[k] = options[t][i].tp
-            rows.append(r)
-            lo.append(-np.inf)
-            hi.append(float(fleet.get(gpu, 0)))
-    ub = np.concatenate([np.array(upper, dtype=float), np.where(np.array(upper) > 0, 1.0, 0.0)])
-    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(2 * nv),
-               bounds=Bounds(np.zeros(2 * nv), ub))
+            add({k: float(options[t][i].tp) for k, (t, i) in enumerate(var) if options[t][i].gpu == gpu},
+                -np.inf, float(fleet.get(gpu, 0)))
+    ub = np.concatenate([np.array(upper, dtype=float), np.where(np.array(upper) > 0, 1.0, 0.0), np.ones(nt)])
+    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(size),
+               bounds=Bounds(np.zeros(size), ub))
     if res.x is None:
         raise RuntimeError(f"fleet MILP found no solution: {res.message}")
     x = np.round(res.x).astype(int)
-    pools: dict[str, Assignment | None] = {t: None for t in tasks}
+    pools: dict[str, tuple[Assignment, ...] | None] = {}
     power = 0.0
-    for k, (t, i) in enumerate(var):
-        if x[nv + k] >= 1 and x[k] >= 1:
-            pools[t] = Assignment(i, int(x[k]))
-            power += options[t][i].power_w * int(x[k])
+    for j, t in enumerate(tasks):
+        groups = tuple(Assignment(i, int(x[k])) for k, (tk, i) in enumerate(var) if tk == t and x[k] >= 1)
+        pools[t] = groups if x[2 * nv + j] >= 1 and groups else None
+        power += sum(options[t][g.index].power_w * g.dp for g in groups) if pools[t] else 0.0
     return FleetSolution(pools, power)
 
 
@@ -134,12 +131,13 @@ def busy_power_w(profiles, key, workload: str, qps: float) -> float:
 
 class FleetMilp(Policy):
     name = "fleet_milp"
-    param_ranges = {"headroom": (0, False, 1, False, False)}
+    param_ranges = {"headroom": (0, False, 1, False, False), "max_configs": (1, True, None, True, False)}
 
-    def __init__(self, headroom: float = 0.9):
+    def __init__(self, headroom: float = 0.9, max_configs: int = 2):
         if not (0 < headroom <= 1):
             raise ValueError(f"policy.headroom must be in (0, 1], got {headroom}")
         self.headroom = float(headroom)
+        self.max_configs = int(max_configs)
         self.unserved: dict[str, float] = {}  # task -> first time (s) it was left unserved
         self._options: dict[tuple[str, tuple[str, ...]], list[Option]] = {}
 
@@ -162,7 +160,7 @@ class FleetMilp(Policy):
     def plan(self, ctx: PlanContext) -> Deployment:
         options = {t.name: self.options(ctx, t) for t in ctx.tasks}
         fleet = dict(ctx.fleet_gpus) if ctx.fleet_gpus is not None else None
-        solution = solve_fleet(dict(ctx.load_qps), options, fleet)
+        solution = solve_fleet(dict(ctx.load_qps), options, fleet, self.max_configs)
         plans = []
         for task in ctx.tasks:
             a = solution.pools[task.name]
@@ -172,7 +170,9 @@ class FleetMilp(Policy):
                            else task_configs(ctx.profiles, task, ctx.gpu_types)[0])
                 plans.append(PoolPlan(task.name, any_key, 0, ctx.load_qps[task.name]))
                 continue
-            o = options[task.name][a.index]
-            plans.append(PoolPlan(task.name, o.key, a.dp, ctx.load_qps[task.name], o.capacity_qps / self.headroom,
-                                  math.nan, ctx.profiles.quality_score(o.key.model, o.key.quant, task.name)))
+            first = options[task.name][a[0].index]
+            mix = tuple((options[task.name][g.index].key, g.dp) for g in a[1:])
+            plans.append(PoolPlan(task.name, first.key, a[0].dp, ctx.load_qps[task.name],
+                                  first.capacity_qps / self.headroom, math.nan,
+                                  ctx.profiles.quality_score(first.key.model, first.key.quant, task.name), mix))
         return Deployment(tuple(plans))

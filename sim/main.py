@@ -72,7 +72,7 @@ def unserved_tasks(deployments) -> dict:
     out: dict[str, dict] = {}
     for time_s, deployment in deployments:
         for plan in deployment.plans:
-            if plan.dp == 0:
+            if plan.gpus == 0:
                 info = out.setdefault(plan.task, {"first_s": float(time_s), "windows": 0})
                 info["windows"] += 1
     return out
@@ -112,7 +112,8 @@ def _simulate(cfg, spec, out_dir: Path, extra: dict | None, label: str, streamin
         print(f"[{label}] {line}")
     for task, info in summary["unserved_tasks"].items():
         print(f"[{label}] task '{task}' NOT SERVED in {info['windows']} plan window(s) from t={info['first_s']:g} s: "
-              f"the fleet (cluster.fleet) is too small; its requests were rejected (no_replica)")
+              f"the policy planned no replica for it (dp=0: cluster.fleet too small for every task); its requests were "
+              f"rejected (no_replica)")
     return {"policy": label, **summary}
 
 

@@ -104,19 +104,14 @@ def check_deployment(deployment: object, ctx: PlanContext, policy: str, configs:
         if plan.task in seen:
             raise PlanError(f"{where}: task '{plan.task}' is planned twice")
         seen.add(plan.task)
-        key = plan.key
-        if not isinstance(key, ConfigKey) or key not in configs:
-            raise PlanError(f"{where}: task '{plan.task}': config {getattr(key, 'label', key)!r} is not in the "
-                            f"profile set")
-        if key.model != task.model:
-            raise PlanError(f"{where}: task '{plan.task}': config {key.label} serves model {key.model}, the pool "
-                            f"serves {task.model} (cluster.pools.{plan.task}.model)")
-        if key.gpu not in ctx.gpu_types:
-            raise PlanError(f"{where}: task '{plan.task}': config {key.label} runs on {key.gpu}, not one of "
-                            f"cluster.gpu_types {list(ctx.gpu_types)}")
-        dp = plan.dp
-        if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 0:
-            raise PlanError(f"{where}: task '{plan.task}': dp={dp!r}, must be a whole number >= 0 (0: not served)")
+        mix = plan.mix
+        if not isinstance(mix, tuple) or not all(isinstance(g, tuple) and len(g) == 2 for g in mix):
+            raise PlanError(f"{where}: task '{plan.task}': PoolPlan.mix must be a tuple of (ConfigKey, dp) pairs")
+        keys = [plan.key] + [k for k, _ in mix]
+        if len(set(keys)) != len(keys):
+            raise PlanError(f"{where}: task '{plan.task}': a config appears twice in the pool (key and mix)")
+        for key, dp in plan.groups:
+            _check_group(where, plan.task, task, key, dp, configs, ctx)
     missing = [name for name in tasks if name not in seen]
     if missing:
         raise PlanError(f"{where}: task(s) {missing} missing (every task of the run needs a PoolPlan)")
@@ -124,14 +119,30 @@ def check_deployment(deployment: object, ctx: PlanContext, policy: str, configs:
     if fleet is not None:
         used: dict[str, int] = {}
         for plan in plans:
-            used[plan.key.gpu] = used.get(plan.key.gpu, 0) + plan.gpus
+            for key, dp in plan.groups:
+                used[key.gpu] = used.get(key.gpu, 0) + dp * key.tp
         for gpu, n in sorted(used.items()):
             if n > fleet.get(gpu, 0):
-                asked = ", ".join(f"{p.task}: {p.gpus}" for p in plans if p.key.gpu == gpu and p.gpus)
+                asked = ", ".join(f"{p.task}: {sum(d * k.tp for k, d in p.groups if k.gpu == gpu)}" for p in plans
+                                  if any(k.gpu == gpu and d for k, d in p.groups))
                 raise PlanError(f"{where}: plan needs {n} {gpu} GPUs, cluster.fleet has {fleet.get(gpu, 0)} "
                                 f"({asked}); a policy that cannot fit must leave tasks unserved (dp=0), e.g. "
                                 f"policy=fleet_milp")
     return deployment
+
+
+def _check_group(where: str, name: str, task: TaskSpec, key: object, dp: object, configs, ctx: PlanContext) -> None:
+    """One (config, replicas) group of a task's pool."""
+    if not isinstance(key, ConfigKey) or key not in configs:
+        raise PlanError(f"{where}: task '{name}': config {getattr(key, 'label', key)!r} is not in the profile set")
+    if key.model != task.model:
+        raise PlanError(f"{where}: task '{name}': config {key.label} serves model {key.model}, the pool "
+                        f"serves {task.model} (cluster.pools.{name}.model)")
+    if key.gpu not in ctx.gpu_types:
+        raise PlanError(f"{where}: task '{name}': config {key.label} runs on {key.gpu}, not one of "
+                        f"cluster.gpu_types {list(ctx.gpu_types)}")
+    if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 0:
+        raise PlanError(f"{where}: task '{name}': dp={dp!r}, must be a whole number >= 0 (0: not served)")
 
 
 __all__ = ["Policy", "PerTaskPolicy", "PlanContext", "PlanError", "Deployment", "PoolPlan", "PoolState",

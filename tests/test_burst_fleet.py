@@ -117,26 +117,32 @@ class K:
     label: str
 
 
-def brute_force(load, options, fleet):
-    """Most tasks served, then least power, by enumerating every (config, DP) per task."""
+def pool_choices(t, load, options, fleet, max_configs):
+    """Every pool for task t: None (unserved) or up to max_configs (option, dp) groups covering the load."""
+    singles = [(i, dp) for i, o in enumerate(options[t]) for dp in range(1, fleet.get(o.gpu, 0) // o.tp + 1)]
+    out = [None]
+    for size in range(1, max_configs + 1):
+        for combo in itertools.combinations(singles, size):
+            if len({i for i, _ in combo}) < size:
+                continue
+            if sum(dp * options[t][i].capacity_qps for i, dp in combo) >= load[t]:
+                out.append(combo)
+    return out
+
+
+def brute_force(load, options, fleet, max_configs):
+    """Most tasks served, then least power, by enumerating every pool per task."""
     tasks = list(options)
-    choices = []
-    for t in tasks:
-        per = [None]
-        for i, o in enumerate(options[t]):
-            for dp in range(1, fleet.get(o.gpu, 0) // o.tp + 1):
-                if dp * o.capacity_qps >= load[t]:
-                    per.append((i, dp))
-        choices.append(per)
+    choices = [pool_choices(t, load, options, fleet, max_configs) for t in tasks]
     best = None
     for combo in itertools.product(*choices):
         used = {}
         power = 0.0
-        for t, c in zip(tasks, combo):
-            if c is not None:
-                o = options[t][c[0]]
-                used[o.gpu] = used.get(o.gpu, 0) + c[1] * o.tp
-                power += c[1] * o.power_w
+        for t, pool in zip(tasks, combo):
+            for i, dp in pool or ():
+                o = options[t][i]
+                used[o.gpu] = used.get(o.gpu, 0) + dp * o.tp
+                power += dp * o.power_w
         if any(n > fleet.get(g, 0) for g, n in used.items()):
             continue
         score = (-sum(c is not None for c in combo), round(power, 9))
@@ -146,27 +152,37 @@ def brute_force(load, options, fleet):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_milp_equals_brute_force(seed):
+@pytest.mark.parametrize("max_configs", [1, 2])
+def test_milp_equals_brute_force(seed, max_configs):
     rng = np.random.default_rng(seed)
     gpus = ["a", "b"]
     options = {}
     load = {}
     for t in ("t1", "t2", "t3"):
         options[t] = [Option(K(f"{t}-{j}"), gpus[j % 2], int(rng.choice([1, 2])), float(rng.uniform(2, 10)),
-                             float(rng.uniform(100, 900))) for j in range(3)]
-        load[t] = float(rng.uniform(1, 20))
-    fleet = {"a": int(rng.integers(1, 6)), "b": int(rng.integers(1, 6))}
-    solution = solve_fleet(load, options, fleet)
+                             float(rng.uniform(100, 900))) for j in range(2)]
+        load[t] = float(rng.uniform(1, 16))
+    fleet = {"a": int(rng.integers(1, 5)), "b": int(rng.integers(1, 5))}
+    solution = solve_fleet(load, options, fleet, max_configs)
     served = sum(a is not None for a in solution.pools.values())
-    expected = brute_force(load, options, fleet)
-    assert (-served, round(solution.power_w, 6)) == (expected[0], pytest.approx(expected[1], abs=1e-6))
+    expected = brute_force(load, options, fleet, max_configs)
+    assert (-served, solution.power_w) == (expected[0], pytest.approx(expected[1], abs=1e-6))
     used = {}
-    for t, a in solution.pools.items():
-        if a is not None:
-            o = options[t][a.index]
-            assert a.dp * o.capacity_qps >= load[t] - 1e-9
-            used[o.gpu] = used.get(o.gpu, 0) + a.dp * o.tp
+    for t, pool in solution.pools.items():
+        if pool is not None:
+            assert len(pool) <= max_configs
+            assert sum(g.dp * options[t][g.index].capacity_qps for g in pool) >= load[t] - 1e-9
+            for g in pool:
+                o = options[t][g.index]
+                used[o.gpu] = used.get(o.gpu, 0) + g.dp * o.tp
     assert all(n <= fleet[g] for g, n in used.items())
+
+
+def test_milp_mixes_gpu_types_when_one_runs_out():
+    options = {"t": [Option(K("fast"), "h100", 1, 10.0, 300.0), Option(K("slow"), "a100", 1, 4.0, 200.0)]}
+    solution = solve_fleet({"t": 24.0}, options, {"h100": 2, "a100": 4})
+    groups = {options["t"][g.index].key.label: g.dp for g in solution.pools["t"]}
+    assert groups == {"fast": 2, "slow": 1}
 
 
 SMALL = ["trace.duration_s=60", "trace.total_rate_qps=20", "cluster.replan_interval_s=20", "progress=false",
@@ -236,3 +252,37 @@ def test_weighted_router_routes_in_proportion_to_capacity():
         picks[chosen.instance_id] += 1
     share = np.array([picks[0], picks[1], picks[2]]) / 600
     assert share == pytest.approx([0.5, 1 / 6, 1 / 3], abs=0.01)
+
+
+class MixedPool(SloEnergyOptimal):
+    """One chat-s pool: one replica of an H100 config and one of an A100 config."""
+
+    name = "mixed_pool"
+
+    def __init__(self, keys):
+        super().__init__()
+        self.keys = keys
+
+    def plan_task(self, ctx, task):
+        from sim.deployment import PoolPlan
+        return PoolPlan(task.name, self.keys[0], 1, mix=((self.keys[1], 1),))
+
+
+def test_mixed_gpu_pool_routes_in_proportion_to_capacity(profiles):
+    from profiles.schema import ConfigKey
+    keys = [ConfigKey("h100-80gb", "llama2-13b", "w4a8kv8", 1), ConfigKey("a100-40gb", "llama2-13b", "w4a8kv4", 1)]
+    sats = [sat_of(profiles, k) for k in keys]
+    assert sats[0] != pytest.approx(sats[1], rel=0.2)
+    rates = np.full(300, 0.8 * sum(sats))
+    trace = trace_of(arrivals(rates, seed=5))
+    result = simulate(trace, [TASK], MixedPool(keys), profiles,
+                      ClusterSettings(gpu_types=("a100-40gb", "h100-80gb"), replan_interval_s=None,
+                                      router="weighted_least_outstanding"))
+    by_label = {}
+    for inst in result.instances:
+        by_label[inst.label] = inst.instance_id
+    counts = np.bincount(np.asarray(result.requests.instance), minlength=max(by_label.values()) + 1)
+    got = np.array([counts[by_label[k.label]] for k in keys], dtype=float)
+    assert got.sum() == len(trace)
+    assert got / got.sum() == pytest.approx(np.array(sats) / sum(sats), abs=0.08)
+    assert result.deployments[0][1].plans[0].gpus == 2
