@@ -3,15 +3,15 @@
 Per task t and config c (of the task's model, on a GPU type of the fleet, meeting the quality floor and, at some
 load, the latency SLO; saturation x_c, TP tp_c, busy power P_c = the profile's mean power at x_c · headroom):
 
-    maximise the tasks served Σ u_t, then minimise  Σ n_tc · P_c               (W/replica, busy: an upper bound)
+    maximise the load served Σ (1 + load_t) u_t, then minimise  Σ n_tc · P_c  (W/replica, busy: an upper bound)
     s.t.  Σ_c n_tc · x_c · headroom >= load_t · u_t           (capacity: saturation QPS covers the load)
           y_tc <= n_tc <= U_tc · y_tc,  y_tc <= u_t <= Σ_c y_tc (y: config used, n: its replicas, u: task served)
           Σ_c y_tc <= max_configs                               (a pool mixes at most max_configs configs)
           Σ_{t, c on g} n_tc · tp_c <= fleet_g                  (cluster.fleet, GPUs per type)
 
-solved with ``scipy.optimize.milp`` (HiGHS). Serving a task outweighs any energy (the objective gives each served
-task a weight above the fleet's whole power), so a fleet too small for all tasks serves as many as fit, at the
-least power, and leaves the rest unserved (``dp=0``; ``summary.json`` ``unserved_tasks`` and the console name
+solved with ``scipy.optimize.milp`` (HiGHS). Serving outweighs energy (each served task weighs (1 + load) times the
+fleet's whole power), so a fleet too small for all tasks serves the most requests that fit, at the least power,
+and leaves the rest unserved (``dp=0``; ``summary.json`` ``unserved_tasks`` and the console name
 them). Without ``cluster.fleet`` the fleet is unbounded and the plan is each task's least-power pool.
 
 A pool may mix configs (GPU types) of its model, up to ``max_configs`` (``PoolPlan.mix``): when one GPU type runs
@@ -61,6 +61,12 @@ class FleetSolution:
         return [t for t, a in self.pools.items() if a is None]
 
 
+def served_weight(load_qps: float) -> float:
+    """How much serving a task counts, in units of the fleet's whole power: 1 + its load (req/s), so the busiest
+    tasks are served first and an idle task still counts."""
+    return 1.0 + load_qps
+
+
 def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
                 fleet: dict[str, int] | None, max_configs: int = 2) -> FleetSolution:
     """The MILP above: most tasks served, then least power, within ``fleet`` (None: unbounded); a pool holds at
@@ -79,7 +85,8 @@ def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
     # variables: n (replicas per option), y (option used), u (task served)
     size = 2 * nv + nt
     total_power = sum(options[t][i].power_w * upper[k] for k, (t, i) in enumerate(var)) + 1.0
-    c = np.concatenate([[options[t][i].power_w for t, i in var], np.zeros(nv), np.full(nt, -total_power)])
+    c = np.concatenate([[options[t][i].power_w for t, i in var], np.zeros(nv),
+                        [-total_power * served_weight(load_qps[t]) for t in tasks]])
     rows, lo, hi = [], [], []
 
     def add(entries: dict[int, float], low: float, high: float) -> None:

@@ -18,7 +18,7 @@ from sim.burst_aware import BurstAware
 from sim.cluster import ClusterSettings, simulate
 from sim.config import ConfigError, build_run
 from sim.deployment import TaskSpec
-from sim.fleet_milp import Option, solve_fleet
+from sim.fleet_milp import Option, served_weight, solve_fleet
 from sim.main import run
 from sim.policies import SloEnergyOptimal
 from sim.router import WeightedLeastOutstanding
@@ -117,6 +117,12 @@ class K:
     label: str
 
 
+def power_scale(load, options, fleet):
+    """The solver's unit of served weight: the power of every option at its largest useful DP, plus 1."""
+    return 1.0 + sum(o.power_w * min(max(1, math.ceil(load[t] / o.capacity_qps - 1e-9)), fleet.get(o.gpu, 0) // o.tp)
+                     for t in options for o in options[t])
+
+
 def pool_choices(t, load, options, fleet, max_configs):
     """Every pool for task t: None (unserved) or up to max_configs (option, dp) groups covering the load."""
     singles = [(i, dp) for i, o in enumerate(options[t]) for dp in range(1, fleet.get(o.gpu, 0) // o.tp + 1)]
@@ -134,6 +140,7 @@ def brute_force(load, options, fleet, max_configs):
     """Most tasks served, then least power, by enumerating every pool per task."""
     tasks = list(options)
     choices = [pool_choices(t, load, options, fleet, max_configs) for t in tasks]
+    total = power_scale(load, options, fleet)
     best = None
     for combo in itertools.product(*choices):
         used = {}
@@ -145,9 +152,9 @@ def brute_force(load, options, fleet, max_configs):
                 power += dp * o.power_w
         if any(n > fleet.get(g, 0) for g, n in used.items()):
             continue
-        score = (-sum(c is not None for c in combo), round(power, 9))
-        if best is None or score < best:
-            best = score
+        score = power - total * sum(served_weight(load[t]) for t, c in zip(tasks, combo) if c is not None)
+        if best is None or score < best[0]:
+            best = (score, power)
     return best
 
 
@@ -164,9 +171,11 @@ def test_milp_equals_brute_force(seed, max_configs):
         load[t] = float(rng.uniform(1, 16))
     fleet = {"a": int(rng.integers(1, 5)), "b": int(rng.integers(1, 5))}
     solution = solve_fleet(load, options, fleet, max_configs)
-    served = sum(a is not None for a in solution.pools.values())
     expected = brute_force(load, options, fleet, max_configs)
-    assert (-served, solution.power_w) == (expected[0], pytest.approx(expected[1], abs=1e-6))
+    total = power_scale(load, options, fleet)
+    score = solution.power_w - total * sum(served_weight(load[t]) for t, a in solution.pools.items() if a is not None)
+    assert score == pytest.approx(expected[0], rel=1e-9, abs=1e-6)
+    assert solution.power_w == pytest.approx(expected[1], abs=1e-6)
     used = {}
     for t, pool in solution.pools.items():
         if pool is not None:
