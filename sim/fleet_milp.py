@@ -1,10 +1,11 @@
 """Global planner over a fixed fleet (issue 14, part 5): every task at once, by mixed-integer programming.
 
 Per task t and config c (of the task's model, on a GPU type of the fleet, meeting the quality floor and, at some
-load, the latency SLO; saturation x_c, TP tp_c, busy power P_c = the profile's mean power at x_c · headroom):
+load, the latency SLO; saturation x_c, TP tp_c; I_c: a replica's power at its curve's lowest load; e_c: J per
+request = (power at x_c · headroom − I_c) / (x_c · headroom), linear in the load q_tc the replicas of c take):
 
-    maximise the load served Σ (1 + load_t) u_t, then minimise  Σ n_tc · P_c  (W/replica, busy: an upper bound)
-    s.t.  Σ_c n_tc · x_c · headroom >= load_t · u_t           (capacity: saturation QPS covers the load)
+    maximise the load served Σ (1 + load_t) u_t, then minimise the pools' power Σ n_tc · I_c + q_tc · e_c
+    s.t.  Σ_c q_tc = load_t · u_t,  q_tc <= n_tc · x_c · headroom   (capacity: saturation QPS covers the load)
           y_tc <= n_tc <= U_tc · y_tc,  y_tc <= u_t <= Σ_c y_tc (y: config used, n: its replicas, u: task served)
           Σ_c y_tc <= max_configs                               (a pool mixes at most max_configs configs)
           Σ_{t, c on g} n_tc · tp_c <= fleet_g                  (cluster.fleet, GPUs per type)
@@ -40,7 +41,12 @@ class Option:
     gpu: str
     tp: int
     capacity_qps: float
-    power_w: float
+    power_w: float  # one replica's power at capacity_qps
+    idle_w: float = 0.0  # one replica's power at its lowest load: pool power = n·idle_w + q·(power_w − idle_w)/capacity
+
+    @property
+    def joules_per_request(self) -> float:
+        return (self.power_w - self.idle_w) / self.capacity_qps
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +88,13 @@ def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
         need = max(1, math.ceil(load_qps[t] / o.capacity_qps - 1e-9))
         cap = fleet.get(o.gpu, 0) // o.tp if fleet is not None else need
         upper.append(min(need, cap))
-    # variables: n (replicas per option), y (option used), u (task served)
-    size = 2 * nv + nt
+    # variables: n (replicas per option), y (option used), u (task served), q (load sent to the option, req/s)
+    size = 3 * nv + nt
+    qv = 2 * nv + nt
     total_power = sum(options[t][i].power_w * upper[k] for k, (t, i) in enumerate(var)) + 1.0
-    c = np.concatenate([[options[t][i].power_w for t, i in var], np.zeros(nv),
-                        [-total_power * served_weight(load_qps[t]) for t in tasks]])
+    c = np.concatenate([[options[t][i].idle_w for t, i in var], np.zeros(nv),
+                        [-total_power * served_weight(load_qps[t]) for t in tasks],
+                        [options[t][i].joules_per_request for t, i in var]])
     rows, lo, hi = [], [], []
 
     def add(entries: dict[int, float], low: float, high: float) -> None:
@@ -100,35 +108,42 @@ def solve_fleet(load_qps: dict[str, float], options: dict[str, list[Option]],
     for j, t in enumerate(tasks):
         mine = [k for k, (tk, _) in enumerate(var) if tk == t]
         u = 2 * nv + j
-        add({**{k: options[t][var[k][1]].capacity_qps for k in mine}, u: -load_qps[t]}, 0.0, np.inf)  # capacity
+        add({**{qv + k: 1.0 for k in mine}, u: -load_qps[t]}, 0.0, np.inf)  # the load is served
         add({**{nv + k: 1.0 for k in mine}, u: -1.0}, 0.0, np.inf)  # served: some option used
         add({nv + k: 1.0 for k in mine}, -np.inf, float(max_configs))
         for k in mine:
             add({nv + k: 1.0, u: -1.0}, -np.inf, 0.0)  # an option is used only by a served task
-    for k in range(nv):
+    for k, (t, i) in enumerate(var):
+        add({qv + k: 1.0, k: -options[t][i].capacity_qps}, -np.inf, 0.0)  # q <= n · saturation · headroom
         add({k: 1.0, nv + k: -float(upper[k])}, -np.inf, 0.0)  # n <= U y
         add({k: 1.0, nv + k: -1.0}, 0.0, np.inf)  # n >= y
     if fleet is not None:
         for gpu in sorted({options[t][i].gpu for t, i in var}):
             add({k: float(options[t][i].tp) for k, (t, i) in enumerate(var) if options[t][i].gpu == gpu},
                 -np.inf, float(fleet.get(gpu, 0)))
-    ub = np.concatenate([np.array(upper, dtype=float), np.where(np.array(upper) > 0, 1.0, 0.0), np.ones(nt)])
-    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(size),
+    ub = np.concatenate([np.array(upper, dtype=float), np.where(np.array(upper) > 0, 1.0, 0.0), np.ones(nt),
+                         np.full(nv, np.inf)])
+    integrality = np.concatenate([np.ones(2 * nv + nt), np.zeros(nv)])
+    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integrality,
                bounds=Bounds(np.zeros(size), ub))
     if res.x is None:
         raise RuntimeError(f"fleet MILP found no solution: {res.message}")
-    x = np.round(res.x).astype(int)
+    q = res.x[qv:]
+    x = np.round(res.x[:qv]).astype(int)
     pools: dict[str, tuple[Assignment, ...] | None] = {}
     power = 0.0
     for j, t in enumerate(tasks):
         groups = tuple(Assignment(i, int(x[k])) for k, (tk, i) in enumerate(var) if tk == t and x[k] >= 1)
         pools[t] = groups if x[2 * nv + j] >= 1 and groups else None
-        power += sum(options[t][g.index].power_w * g.dp for g in groups) if pools[t] else 0.0
+        if pools[t]:
+            power += sum(options[t][i].idle_w * x[k] + options[t][i].joules_per_request * q[k]
+                         for k, (tk, i) in enumerate(var) if tk == t)
     return FleetSolution(pools, power)
 
 
 def busy_power_w(profiles, key, workload: str, qps: float) -> float:
-    """The profile's mean power of one replica at ``qps`` (interpolated on its curve); inf when it has none."""
+    """The profile's mean power of one replica at ``qps`` (interpolated on its curve, its lowest point below it);
+    inf when it has none."""
     curve = profiles.curve(key, workload)
     rows = curve[curve["mean_power_w"].notna()]
     if rows.empty:
@@ -159,8 +174,9 @@ class FleetMilp(Policy):
                 if sat <= 0:
                     continue
                 power = busy_power_w(ctx.profiles, key, task.workload, sat * self.headroom)
+                idle = busy_power_w(ctx.profiles, key, task.workload, 0.0)
                 if math.isfinite(power):
-                    opts.append(Option(key, key.gpu, key.tp, sat * self.headroom, power))
+                    opts.append(Option(key, key.gpu, key.tp, sat * self.headroom, power, min(idle, power)))
             self._options[memo] = sorted(opts, key=lambda o: o.key.label)
         return self._options[memo]
 

@@ -146,10 +146,13 @@ def brute_force(load, options, fleet, max_configs):
         used = {}
         power = 0.0
         for t, pool in zip(tasks, combo):
-            for i, dp in pool or ():
+            left = load[t]
+            for i, dp in sorted(pool or (), key=lambda g: options[t][g[0]].joules_per_request):
                 o = options[t][i]
                 used[o.gpu] = used.get(o.gpu, 0) + dp * o.tp
-                power += dp * o.power_w
+                take = min(left, dp * o.capacity_qps)  # the cheapest J/request first
+                left -= take
+                power += dp * o.idle_w + take * o.joules_per_request
         if any(n > fleet.get(g, 0) for g, n in used.items()):
             continue
         score = power - total * sum(served_weight(load[t]) for t, c in zip(tasks, combo) if c is not None)
@@ -167,7 +170,7 @@ def test_milp_equals_brute_force(seed, max_configs):
     load = {}
     for t in ("t1", "t2", "t3"):
         options[t] = [Option(K(f"{t}-{j}"), gpus[j % 2], int(rng.choice([1, 2])), float(rng.uniform(2, 10)),
-                             float(rng.uniform(100, 900))) for j in range(2)]
+                             float(rng.uniform(300, 900)), float(rng.uniform(50, 300))) for j in range(2)]
         load[t] = float(rng.uniform(1, 16))
     fleet = {"a": int(rng.integers(1, 5)), "b": int(rng.integers(1, 5))}
     solution = solve_fleet(load, options, fleet, max_configs)
@@ -188,7 +191,7 @@ def test_milp_equals_brute_force(seed, max_configs):
 
 
 def test_milp_mixes_gpu_types_when_one_runs_out():
-    options = {"t": [Option(K("fast"), "h100", 1, 10.0, 300.0), Option(K("slow"), "a100", 1, 4.0, 200.0)]}
+    options = {"t": [Option(K("fast"), "h100", 1, 10.0, 300.0, 100.0), Option(K("slow"), "a100", 1, 4.0, 200.0, 60.0)]}
     solution = solve_fleet({"t": 24.0}, options, {"h100": 2, "a100": 4})
     groups = {options["t"][g.index].key.label: g.dp for g in solution.pools["t"]}
     assert groups == {"fast": 2, "slow": 1}
