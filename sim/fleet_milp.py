@@ -151,11 +151,24 @@ def busy_power_w(profiles, key, workload: str, qps: float) -> float:
     return float(np.interp(qps, rows["qps"].to_numpy(float), rows["mean_power_w"].to_numpy(float)))
 
 
+def pool_power_w(groups: list[tuple[Option, int]], load_qps: float) -> float:
+    """The MILP's power model for given groups: idle power of every replica plus the load, cheapest J/request
+    first; inf when the groups cannot carry the load."""
+    power, left = 0.0, load_qps
+    for option, dp in sorted(groups, key=lambda g: g[0].joules_per_request):
+        take = min(left, dp * option.capacity_qps)
+        left -= take
+        power += dp * option.idle_w + take * option.joules_per_request
+    return power if left <= 1e-9 else math.inf
+
+
 class FleetMilp(Policy):
     name = "fleet_milp"
-    param_ranges = {"headroom": (0, False, 1, False, False), "max_configs": (1, True, None, True, False)}
+    param_ranges = {"headroom": (0, False, 1, False, False), "max_configs": (1, True, None, True, False),
+                    "switch_gain": (0, True, None, False, False)}
 
-    def __init__(self, headroom: float = 0.9, max_configs: int = 2):
+    def __init__(self, headroom: float = 0.9, max_configs: int = 2, switch_gain: float = 0.05):
+        self.switch_gain = float(switch_gain)
         if not (0 < headroom <= 1):
             raise ValueError(f"policy.headroom must be in (0, 1], got {headroom}")
         self.headroom = float(headroom)
@@ -184,6 +197,8 @@ class FleetMilp(Policy):
         options = {t.name: self.options(ctx, t) for t in ctx.tasks}
         fleet = dict(ctx.fleet_gpus) if ctx.fleet_gpus is not None else None
         solution = solve_fleet(dict(ctx.load_qps), options, fleet, self.max_configs)
+        if ctx.current is not None and self._keep(ctx, options, solution):
+            return ctx.current  # hysteresis: the plan in force still serves the same tasks at nearly the same power
         plans = []
         for task in ctx.tasks:
             a = solution.pools[task.name]
@@ -199,3 +214,32 @@ class FleetMilp(Policy):
                                   first.capacity_qps / self.headroom, math.nan,
                                   ctx.profiles.quality_score(first.key.model, first.key.quant, task.name), mix))
         return Deployment(tuple(plans))
+
+    def _keep(self, ctx: PlanContext, options: dict[str, list[Option]], solution: FleetSolution) -> bool:
+        """The plan in force serves the tasks the solution serves, within the fleet, at a power no more than
+        ``switch_gain`` above the solution's: keep it (no model loads for a near-equal plan)."""
+        by_key = {t: {o.key: o for o in opts} for t, opts in options.items()}
+        power = 0.0
+        for plan in ctx.current.plans:
+            served = solution.pools.get(plan.task) is not None
+            if (plan.gpus > 0) != served:
+                return False
+            if not served:
+                continue
+            groups = []
+            for key, dp in plan.groups:
+                option = by_key[plan.task].get(key)
+                if option is None:
+                    return False
+                groups.append((option, dp))
+            power += pool_power_w(groups, ctx.load_qps[plan.task])
+        if not math.isfinite(power):
+            return False
+        if ctx.fleet_gpus is not None:
+            used: dict[str, int] = {}
+            for plan in ctx.current.plans:
+                for key, dp in plan.groups:
+                    used[key.gpu] = used.get(key.gpu, 0) + dp * key.tp
+            if any(n > ctx.fleet_gpus.get(g, 0) for g, n in used.items()):
+                return False
+        return power <= solution.power_w * (1 + self.switch_gain) + 1e-9
