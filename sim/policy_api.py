@@ -21,8 +21,9 @@ What it sees, ``ctx: PlanContext`` (``sim.deployment``), read-only:
   GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none);
 * ``rate_history`` - short-term peaks of the past: per earlier window, ``{task: WindowRates}`` (mean and the
   P50/P90/P99/max of the per-bin arrival rates, ``sim.deployment.WindowRates``), counted from arrivals before
-  ``now_s`` only. Filled only for a policy class that declares ``rate_bin_s = <seconds>`` (e.g. 10); computed once
-  per re-plan from the arrival counter, never on the per-request path;
+  ``now_s`` only. Filled only for a policy that declares ``rate_bin_s``: seconds per bin (e.g. 10), or a method
+  ``rate_bin_s(task) -> seconds`` for a bin per task (``sim.burst_aware``); computed once per re-plan from the
+  arrival counter (vectorised where the counter has ``bin_counts``), never on the per-request path;
 * ``fleet_gpus`` - ``cluster.fleet``: whole GPUs per type that the plan must fit in (None: unbounded). A plan that
   needs more GPUs of a type than the fleet has is an error (``PlanError`` naming the type and each task's GPUs);
   it is not clipped. A policy that cannot fit every task returns ``dp=0`` for those it leaves unserved.
@@ -30,7 +31,9 @@ What it sees, ``ctx: PlanContext`` (``sim.deployment``), read-only:
 What it returns: a ``Deployment`` holding one ``PoolPlan(task, key, dp)`` per task of ``ctx.tasks``, where ``key``
 is a ``ConfigKey(gpu, model, quant, tp)`` of the profile set, of the task's model, on one of ``ctx.gpu_types``, and
 ``dp >= 0`` replicas (``dp=0``: the task is not served; its requests are rejected, reason ``no_replica``, and the
-run names it in ``summary.json`` ``unserved_tasks``). The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
+run names it in ``summary.json`` ``unserved_tasks``). ``PoolPlan.mix = ((key, dp), ...)`` adds replicas of other
+configs of the same model (e.g. another GPU type) to the same pool: a mixed pool, best routed with
+``router=weighted_least_outstanding``; every group is checked as ``key``/``dp`` are. The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
 ``predicted_energy_per_output_token_j``, ``quality``) are reported in ``deployments.csv``. Returning the plan in force
 again costs nothing; a changed config or DP pays the model-load delay (``sim.pool``). Every plan is checked
 (``check_deployment``); one that breaks a rule stops the run with one line naming the policy, the time and the
@@ -44,7 +47,7 @@ Optional: ``param_ranges = {"param": (lo, lo_included, hi or None, whole_number,
 checks numeric parameters when the config is read (``sim.config.check_number``), before the constructor runs.
 
 The shipped policies (``sim.policies``, ``sim.uaqf``) subclass ``PerTaskPolicy`` and plan each task on its own;
-a policy that plans tasks jointly (a shared GPU budget) implements ``plan`` itself.
+a policy that plans tasks jointly (a shared GPU budget) implements ``plan`` itself (``sim.fleet_milp``).
 """
 
 from __future__ import annotations
