@@ -25,7 +25,7 @@ import simpy
 from profiles.catalog import GPUS, MODELS, QUANTS, weight_bytes
 from profiles.profile_set import ProfileSet
 from profiles.schema import ConfigKey
-from sim.deployment import Deployment, FleetView, PlanContext, PoolState, TaskSpec
+from sim.deployment import Deployment, FleetView, PlanContext, PoolState, TaskSpec, WindowRates
 from sim.instance import MAX_REQUEST_ID, Instance
 from sim.planning import CachedProfiles
 from sim.policy_api import Policy, check_deployment
@@ -49,8 +49,15 @@ class ClusterSettings:
     max_queue: int | None = None
     drain_limit_s: float = 3600.0
     prefix_cache: PrefixCacheSettings | None = None  # None: no replica caches prefixes (sim.prefix_cache)
+    fleet: tuple[tuple[str, int], ...] | None = None  # cluster.fleet: (GPU type, whole GPUs) the plans must fit in
 
     def __post_init__(self) -> None:
+        if self.fleet is not None:
+            for gpu, count in self.fleet:
+                if gpu not in self.gpu_types:
+                    raise ValueError(f"cluster.fleet.{gpu}: not one of cluster.gpu_types {list(self.gpu_types)}")
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    raise ValueError(f"cluster.fleet.{gpu} must be a whole number of GPUs >= 0, got {count!r}")
         if self.load_estimate not in ("oracle", "trailing"):
             raise ValueError(f"cluster.load_estimate='{self.load_estimate}' is not one of ['oracle', 'trailing']")
         if self.replan_interval_s is not None and not (0 < self.replan_interval_s < math.inf):
@@ -124,6 +131,18 @@ class TraceCounter:
         arrivals = self._by_task[task_id]
         return int(np.searchsorted(arrivals, hi_s, "left") - np.searchsorted(arrivals, lo_s, "left"))
 
+    def bin_counts(self, task_id: int, edges: np.ndarray) -> np.ndarray:
+        """Arrivals of one task in each ``[edges[i], edges[i + 1])``."""
+        return np.diff(np.searchsorted(self._by_task[task_id], edges, "left"))
+
+
+def bin_counts(counter: ArrivalCounter, task_id: int, edges: np.ndarray) -> np.ndarray:
+    """Per-bin arrival counts: the counter's vectorised ``bin_counts`` when it has one, else one ``count`` per bin."""
+    fast = getattr(counter, "bin_counts", None)
+    if fast is not None:
+        return np.asarray(fast(task_id, edges))
+    return np.array([counter.count(task_id, edges[i], edges[i + 1]) for i in range(len(edges) - 1)])
+
 
 class LoadEstimator:
     """Per-task request rate for a planning window, from the trace (oracle) or the last window."""
@@ -190,6 +209,13 @@ class _Run:
         self.estimator = LoadEstimator(counter, self.window_s, settings.load_estimate)
         self.deployments: list[tuple[float, Deployment]] = []
         self.load_history: list[tuple[float, dict[str, float]]] = []
+        self.rate_history: list[tuple[float, dict[str, WindowRates]]] = []
+        bin_s = getattr(policy, "rate_bin_s", None)  # a number, or a callable TaskSpec -> seconds
+        self.rate_bin_s = None
+        if bin_s:
+            self.rate_bin_s = {t.name: float(bin_s(t) if callable(bin_s) else bin_s) for t in tasks}
+        self.counter = self.estimator.counter
+        self.fleet_gpus = dict(settings.fleet) if settings.fleet is not None else None
         self._configs = frozenset(self.profiles.configs())
         self._policy_label = policy_label(policy)
         self.now_s = 0.0  # the arrival clock, advanced as SimPy would: now + (arrival - now)
@@ -206,14 +232,31 @@ class _Run:
         for task_id, name in enumerate(self.task_names):
             load[name] = self.estimator.rate_qps(task_id, env.now)
         current = self.deployments[-1][1] if self.deployments else None
+        if self.rate_bin_s is not None and env.now > 0:
+            self.rate_history.append((env.now, self._past_rates(env.now)))
         ctx = PlanContext(self.tasks, load, self.profiles, self.settings.gpu_types, env.now,
                           load_history=tuple(self.load_history), current=current, fleet=self._fleet(),
-                          window_s=self.window_s if self.settings.replan_interval_s is not None else None)
+                          window_s=self.window_s if self.settings.replan_interval_s is not None else None,
+                          rate_history=tuple(self.rate_history), fleet_gpus=self.fleet_gpus)
         deployment = check_deployment(self.policy.plan(ctx), ctx, self._policy_label, self._configs)
         self.load_history.append((env.now, load))
         self.deployments.append((env.now, deployment))
         for plan in deployment.plans:
             self.pools[plan.task].apply(plan, initial=initial)
+
+    def _past_rates(self, end_s: float) -> dict[str, WindowRates]:
+        """Each task's arrivals in the window before ``end_s``, in ``rate_bin_s`` bins (only past arrivals)."""
+        lo = max(0.0, end_s - self.window_s)
+        rates = {t.name: WindowRates(0.0, 0.0, 0.0, 0.0, 0.0, self.rate_bin_s[t.name]) for t in self.tasks}
+        for task_id, name in enumerate(self.task_names):
+            bin_s = self.rate_bin_s[name]
+            n = max(1, int(round((end_s - lo) / bin_s)))
+            edges = np.linspace(lo, end_s, n + 1)
+            width = (end_s - lo) / n
+            r = bin_counts(self.counter, task_id, edges).astype(float) / width
+            p50, p90, p99 = np.percentile(r, (50, 90, 99))
+            rates[name] = WindowRates(float(r.mean()), float(p50), float(p90), float(p99), float(r.max()), bin_s)
+        return rates
 
     def _fleet(self) -> FleetView:
         """Every pool as it stands now (replicas counted, not advanced)."""

@@ -122,6 +122,7 @@ class ClusterConf:
     max_queue: Optional[int] = None
     drain_limit_s: float = 3600.0
     prefix_cache: PrefixCacheConf = field(default_factory=PrefixCacheConf)
+    fleet: Any = None  # GPUs per type every plan must fit in, e.g. {a100-40gb: 16}; null: unbounded
 
 
 @dataclass
@@ -588,6 +589,7 @@ def build_run(cfg: Any) -> RunSpec:
             drain_limit_s=float(c.drain_limit_s),
             prefix_cache=(PrefixCacheSettings(block_tokens=c.prefix_cache.block_tokens)
                           if c.prefix_cache.enabled else None),
+            fleet=_fleet(c.get("fleet")),
         )
     except ValueError as exc:
         raise ConfigError(f"config key {exc}") from None
@@ -624,6 +626,25 @@ def build_run(cfg: Any) -> RunSpec:
     if extra:
         raise _fail("cluster.pools", f"the trace has task(s) {extra} with no pool")
     return RunSpec(trace, tasks, policy, profiles, settings, policy_label)
+
+
+def _fleet(node: Any) -> tuple[tuple[str, int], ...] | None:
+    """``cluster.fleet`` as ((GPU type, whole GPUs), ...); None when unset. Values are checked by ClusterSettings."""
+    if node is None:
+        return None
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict) or not node:
+        raise ConfigError(f"config key cluster.fleet must map GPU types to whole GPUs, e.g. "
+                          f"{{a100-40gb: 16, h100-80gb: 8}}, got {node!r}")
+    out = []
+    for gpu, count in node.items():
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"config key cluster.fleet.{gpu} must be a whole number of GPUs >= 0, got {count!r}")
+        out.append((str(gpu), count))
+    return tuple(out)
 
 
 def _plugin_node(node: Any, group: str) -> dict:

@@ -39,10 +39,22 @@ class PoolPlan:
     saturation_qps: float = math.nan
     predicted_energy_per_output_token_j: float = math.nan
     quality: float = math.nan
+    # Further (config, replicas) groups of the same model in the same pool: a pool mixing GPU types (or configs).
+    # Empty for a one-config pool. Route such a pool with router=weighted_least_outstanding (capacity-weighted).
+    mix: tuple[tuple[ConfigKey, int], ...] = ()
+
+    @property
+    def groups(self) -> tuple[tuple[ConfigKey, int], ...]:
+        """Every (config, replicas) group of the pool: (key, dp) first, then ``mix``."""
+        return ((self.key, self.dp),) + tuple(self.mix)
+
+    @property
+    def label(self) -> str:
+        return "+".join(f"{n}x{k.label}" for k, n in self.groups) if self.mix else self.key.label
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.key.tp
+        return self.dp * self.key.tp + sum(n * k.tp for k, n in self.mix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,19 @@ class FleetView:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowRates:
+    """One task's arrivals over one past window, counted in ``bin_s``-long bins (req/s per bin): the mean and the
+    bins' P50 / P90 / P99 / max. Only arrivals before the plan's time are counted (no look-ahead)."""
+
+    mean_qps: float
+    p50_qps: float
+    p90_qps: float
+    p99_qps: float
+    max_qps: float
+    bin_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class PlanContext:
     """What a policy may look at when it plans a window (the interface is documented in ``sim.policy_api``)."""
 
@@ -101,3 +126,9 @@ class PlanContext:
     current: Deployment | None = None  # the plan in force (None at the first plan)
     fleet: FleetView | None = None  # pools as they stand now (None when planning outside a run)
     window_s: float | None = None  # seconds until the next re-plan (None: this plan holds to the end)
+    # Per past window, short-term peak rates from the arrivals seen so far, oldest first: (window end = time it was
+    # planned at, {task: WindowRates of [end - window_s, end)}). Filled only for a policy declaring ``rate_bin_s``
+    # (seconds per bin); empty otherwise, so policies that do not ask pay nothing.
+    rate_history: tuple[tuple[float, Mapping[str, WindowRates]], ...] = ()
+    # Whole GPUs per type the run may hold (cluster.fleet); None: unbounded.
+    fleet_gpus: Mapping[str, int] | None = None

@@ -148,6 +148,7 @@ class Instance:
         "_op", "_cuttable", "_new", "_op_batch", "_op_i", "_op_kv0", "_op_k", "_op_start", "_op_s", "_op_j",
         "_op_tokens", "_op_nseq", "prefix_cache",
         "fit_domain", "_fit_max_batch", "batch_extrapolated", "batch_only_extrapolated", "_graphs",
+        "capacity_qps",
     )
 
     def __new__(cls, *args, **kwargs):
@@ -177,6 +178,7 @@ class Instance:
     ):
         self.instance_id = instance_id
         self.label = label
+        self.capacity_qps = 1.0  # the replica's saturation QPS for its task (set by the pool; routers may weight by it)
         self.gpus = gpus
         self.step = step
         self.requests = requests

@@ -67,6 +67,17 @@ def run(cfg: DictConfig, out_dir: Path, extra: dict | None = None) -> dict:
         raise ConfigError(str(exc)) from None
 
 
+def unserved_tasks(deployments) -> dict:
+    """Tasks some plan left unserved (dp=0): {task: {first_s, windows}}, in plan order."""
+    out: dict[str, dict] = {}
+    for time_s, deployment in deployments:
+        for plan in deployment.plans:
+            if plan.gpus == 0:
+                info = out.setdefault(plan.task, {"first_s": float(time_s), "windows": 0})
+                info["windows"] += 1
+    return out
+
+
 def _simulate(cfg, spec, out_dir: Path, extra: dict | None, label: str, streaming: bool, bar, progress,
               started: float) -> dict:
     if streaming:
@@ -87,6 +98,7 @@ def _simulate(cfg, spec, out_dir: Path, extra: dict | None, label: str, streamin
     if bar is not None:
         bar.close()
     summary["wall_s"] = wall_s
+    summary["unserved_tasks"] = unserved_tasks(result.deployments)
     summary["trace"] = spec.trace.source
     summary["profiles"] = str(spec.profiles.path)
     summary.update(extra or {})
@@ -98,6 +110,10 @@ def _simulate(cfg, spec, out_dir: Path, extra: dict | None, label: str, streamin
           f"({n / max(wall_s, 1e-9):,.0f} req/s); outputs in {out_dir}")
     for line in extrapolation_lines(summary["extrapolation"]):
         print(f"[{label}] {line}")
+    for task, info in summary["unserved_tasks"].items():
+        print(f"[{label}] task '{task}' NOT SERVED in {info['windows']} plan window(s) from t={info['first_s']:g} s: "
+              f"the policy planned no replica for it (dp=0: cluster.fleet too small for every task); its requests were "
+              f"rejected (no_replica)")
     return {"policy": label, **summary}
 
 

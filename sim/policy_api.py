@@ -18,11 +18,22 @@ What it sees, ``ctx: PlanContext`` (``sim.deployment``), read-only:
   throughput, power, energy per token), ``step(key)`` (the step model);
 * ``current`` - the ``Deployment`` in force (None at the first plan); ``fleet`` - a ``FleetView``: the GPU types
   the policy may use and per task a ``PoolState`` (config, DP asked for, replicas serving / loading / draining,
-  GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none).
+  GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none);
+* ``rate_history`` - short-term peaks of the past: per earlier window, ``{task: WindowRates}`` (mean and the
+  P50/P90/P99/max of the per-bin arrival rates, ``sim.deployment.WindowRates``), counted from arrivals before
+  ``now_s`` only. Filled only for a policy that declares ``rate_bin_s``: seconds per bin (e.g. 10), or a method
+  ``rate_bin_s(task) -> seconds`` for a bin per task (``sim.burst_aware``); computed once per re-plan from the
+  arrival counter (vectorised where the counter has ``bin_counts``), never on the per-request path;
+* ``fleet_gpus`` - ``cluster.fleet``: whole GPUs per type that the plan must fit in (None: unbounded). A plan that
+  needs more GPUs of a type than the fleet has is an error (``PlanError`` naming the type and each task's GPUs);
+  it is not clipped. A policy that cannot fit every task returns ``dp=0`` for those it leaves unserved.
 
 What it returns: a ``Deployment`` holding one ``PoolPlan(task, key, dp)`` per task of ``ctx.tasks``, where ``key``
 is a ``ConfigKey(gpu, model, quant, tp)`` of the profile set, of the task's model, on one of ``ctx.gpu_types``, and
-``dp >= 1`` replicas. The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
+``dp >= 0`` replicas (``dp=0``: the task is not served; its requests are rejected, reason ``no_replica``, and the
+run names it in ``summary.json`` ``unserved_tasks``). ``PoolPlan.mix = ((key, dp), ...)`` adds replicas of other
+configs of the same model (e.g. another GPU type) to the same pool: a mixed pool, best routed with
+``router=weighted_least_outstanding``; every group is checked as ``key``/``dp`` are. The optional ``PoolPlan`` fields (``load_qps``, ``saturation_qps``,
 ``predicted_energy_per_output_token_j``, ``quality``) are reported in ``deployments.csv``. Returning the plan in force
 again costs nothing; a changed config or DP pays the model-load delay (``sim.pool``). Every plan is checked
 (``check_deployment``); one that breaks a rule stops the run with one line naming the policy, the time and the
@@ -36,7 +47,7 @@ Optional: ``param_ranges = {"param": (lo, lo_included, hi or None, whole_number,
 checks numeric parameters when the config is read (``sim.config.check_number``), before the constructor runs.
 
 The shipped policies (``sim.policies``, ``sim.uaqf``) subclass ``PerTaskPolicy`` and plan each task on its own;
-a policy that plans tasks jointly (a shared GPU budget) implements ``plan`` itself.
+a policy that plans tasks jointly (a shared GPU budget) implements ``plan`` itself (``sim.fleet_milp``).
 """
 
 from __future__ import annotations
@@ -96,23 +107,45 @@ def check_deployment(deployment: object, ctx: PlanContext, policy: str, configs:
         if plan.task in seen:
             raise PlanError(f"{where}: task '{plan.task}' is planned twice")
         seen.add(plan.task)
-        key = plan.key
-        if not isinstance(key, ConfigKey) or key not in configs:
-            raise PlanError(f"{where}: task '{plan.task}': config {getattr(key, 'label', key)!r} is not in the "
-                            f"profile set")
-        if key.model != task.model:
-            raise PlanError(f"{where}: task '{plan.task}': config {key.label} serves model {key.model}, the pool "
-                            f"serves {task.model} (cluster.pools.{plan.task}.model)")
-        if key.gpu not in ctx.gpu_types:
-            raise PlanError(f"{where}: task '{plan.task}': config {key.label} runs on {key.gpu}, not one of "
-                            f"cluster.gpu_types {list(ctx.gpu_types)}")
-        dp = plan.dp
-        if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 1:
-            raise PlanError(f"{where}: task '{plan.task}': dp={dp!r}, must be a whole number >= 1")
+        mix = plan.mix
+        if not isinstance(mix, tuple) or not all(isinstance(g, tuple) and len(g) == 2 for g in mix):
+            raise PlanError(f"{where}: task '{plan.task}': PoolPlan.mix must be a tuple of (ConfigKey, dp) pairs")
+        keys = [plan.key] + [k for k, _ in mix]
+        if len(set(keys)) != len(keys):
+            raise PlanError(f"{where}: task '{plan.task}': a config appears twice in the pool (key and mix)")
+        for key, dp in plan.groups:
+            _check_group(where, plan.task, task, key, dp, configs, ctx)
     missing = [name for name in tasks if name not in seen]
     if missing:
         raise PlanError(f"{where}: task(s) {missing} missing (every task of the run needs a PoolPlan)")
+    fleet = ctx.fleet_gpus
+    if fleet is not None:
+        used: dict[str, int] = {}
+        for plan in plans:
+            for key, dp in plan.groups:
+                used[key.gpu] = used.get(key.gpu, 0) + dp * key.tp
+        for gpu, n in sorted(used.items()):
+            if n > fleet.get(gpu, 0):
+                asked = ", ".join(f"{p.task}: {sum(d * k.tp for k, d in p.groups if k.gpu == gpu)}" for p in plans
+                                  if any(k.gpu == gpu and d for k, d in p.groups))
+                raise PlanError(f"{where}: plan needs {n} {gpu} GPUs, cluster.fleet has {fleet.get(gpu, 0)} "
+                                f"({asked}); a policy that cannot fit must leave tasks unserved (dp=0), e.g. "
+                                f"policy=fleet_milp")
     return deployment
+
+
+def _check_group(where: str, name: str, task: TaskSpec, key: object, dp: object, configs, ctx: PlanContext) -> None:
+    """One (config, replicas) group of a task's pool."""
+    if not isinstance(key, ConfigKey) or key not in configs:
+        raise PlanError(f"{where}: task '{name}': config {getattr(key, 'label', key)!r} is not in the profile set")
+    if key.model != task.model:
+        raise PlanError(f"{where}: task '{name}': config {key.label} serves model {key.model}, the pool "
+                        f"serves {task.model} (cluster.pools.{name}.model)")
+    if key.gpu not in ctx.gpu_types:
+        raise PlanError(f"{where}: task '{name}': config {key.label} runs on {key.gpu}, not one of "
+                        f"cluster.gpu_types {list(ctx.gpu_types)}")
+    if isinstance(dp, bool) or not isinstance(dp, numbers.Integral) or dp < 0:
+        raise PlanError(f"{where}: task '{name}': dp={dp!r}, must be a whole number >= 0 (0: not served)")
 
 
 __all__ = ["Policy", "PerTaskPolicy", "PlanContext", "PlanError", "Deployment", "PoolPlan", "PoolState",

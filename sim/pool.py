@@ -89,17 +89,21 @@ class Pool:
     # --- plan changes ----------------------------------------------------------------------------
 
     def apply(self, plan: PoolPlan, initial: bool = False) -> None:
+        """Bring the pool to ``plan``: every (config, replicas) group of it (``PoolPlan.groups``). A group of a config
+        already running scales at once (surplus drained, loading ones first; missing ones started); replicas of
+        configs the plan no longer holds keep serving until every wanted replica serves (make-before-break)."""
         previous = self.plan
         self.plan = plan
-        if previous is not None and previous.key == plan.key and previous.dp == plan.dp:
+        if (previous is not None and previous.key == plan.key and previous.dp == plan.dp
+                and previous.mix == plan.mix):
             return
         now = self.env.now
         if not initial:
             self.reconfigurations += 1
-        ready_at = now if initial else now + self._load_s(plan.key)
-        current = [r for r in self.replicas if r.accepting and self.key_of[r.instance_id] == plan.key]
-        if previous is not None and previous.key == plan.key:
-            surplus = len(current) - plan.dp
+        wanted = self._wanted()
+        for key, n in wanted.items():
+            current = [r for r in self.replicas if r.accepting and self.key_of[r.instance_id] == key]
+            surplus = len(current) - n
             if surplus > 0:
                 for replica in current:
                     replica.advance(now)
@@ -107,17 +111,21 @@ class Pool:
                 current.sort(key=lambda r: (r.serving, r.outstanding, -r.instance_id))
                 for replica in current[:surplus]:
                     self._drain(replica)
-                return
-            for _ in range(plan.dp - len(current)):
-                self._start(plan.key, ready_at)
-            return
-        for _ in range(plan.dp - len(current)):
-            self._start(plan.key, ready_at)
+            else:
+                ready_at = now if initial else now + self._load_s(key)
+                for _ in range(-surplus):
+                    self._start(key, ready_at)
         # Stop loading replicas of configs no longer wanted; serving old ones wait for the new ones.
         for replica in list(self.replicas):
-            if self.key_of[replica.instance_id] != plan.key and not replica.serving and replica.accepting:
+            if self.key_of[replica.instance_id] not in wanted and not replica.serving and replica.accepting:
                 self._drain(replica)
         self._retire_old_if_ready()
+
+    def _wanted(self) -> dict[ConfigKey, int]:
+        wanted: dict[ConfigKey, int] = {}
+        for key, n in self.plan.groups:
+            wanted[key] = wanted.get(key, 0) + n
+        return wanted
 
     def _start(self, key: ConfigKey, ready_s: float) -> Instance:
         now = self.env.now
@@ -135,6 +143,8 @@ class Pool:
             fit_domain=self.profiles.fit_domain(key),
         )
         self.key_of[instance.instance_id] = key
+        sat = self.profiles.saturation_qps(key, self.task.workload, self.task.slo)
+        instance.capacity_qps = sat if sat > 0 else 1.0
         self.replicas.append(instance)
         self.all_instances.append(instance)
         self._on_gpus(self.task.name, now, key.tp)
@@ -157,12 +167,13 @@ class Pool:
     def _retire_old_if_ready(self) -> None:
         if self.plan is None:
             return
-        wanted = self.plan.key
-        new = [r for r in self.replicas if r.accepting and self.key_of[r.instance_id] == wanted]
-        if len(new) < self.plan.dp or not all(r.serving for r in new):
-            return
+        wanted = self._wanted()
+        for key, n in wanted.items():
+            new = [r for r in self.replicas if r.accepting and self.key_of[r.instance_id] == key]
+            if len(new) < n or not all(r.serving for r in new):
+                return
         for replica in self.replicas:
-            if self.key_of[replica.instance_id] != wanted and replica.accepting:
+            if self.key_of[replica.instance_id] not in wanted and replica.accepting:
                 self._drain(replica)
 
     def _released(self, instance: Instance) -> None:

@@ -36,7 +36,7 @@ def _atomic_write_frame_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def _write_deployments(out_dir: Path, result) -> Path:
     plans = [
-        {"time_s": t, "task": p.task, "config": p.key.label, "dp": p.dp, "gpus": p.gpus, "load_qps": p.load_qps,
+        {"time_s": t, "task": p.task, "config": p.label, "dp": p.dp, "gpus": p.gpus, "load_qps": p.load_qps,
          "saturation_qps": p.saturation_qps,
          "predicted_energy_per_output_token_j": p.predicted_energy_per_output_token_j, "quality": p.quality}
         for t, deployment in result.deployments for p in deployment.plans

@@ -47,7 +47,29 @@ class LeastOutstanding:
         return best
 
 
-ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding}
+class WeightedLeastOutstanding:
+    """The serving replica with the least outstanding work per unit of capacity, ``(outstanding + 1) /
+    capacity_qps`` (``capacity_qps``: the replica's saturation QPS for its task, set by the pool; lowest id on
+    ties). In a pool of replicas of different configs (GPU types), a replica of twice the capacity takes about twice
+    the requests; among equal replicas it is LeastOutstanding."""
+
+    name = "weighted_least_outstanding"
+
+    def pick(self, replicas: Sequence[Instance], now_s: float) -> Instance | None:
+        best = None
+        best_load = 0.0
+        for candidate in replicas:
+            if candidate.serving:
+                if candidate.next_s < now_s:
+                    candidate.advance(now_s)
+                load = (candidate.outstanding + 1) / candidate.capacity_qps
+                if best is None or load < best_load:
+                    best, best_load = candidate, load
+        return best
+
+
+ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding,
+           "weighted_least_outstanding": WeightedLeastOutstanding}
 
 # What ``ClusterSettings.router`` holds: a shipped router's name, or a factory making one router per pool.
 RouterSpec = Union[str, Callable[[], Router]]

@@ -11,7 +11,7 @@ and routes the request to the replica returned, or rejects it (reason ``no_repli
 What a router sees of each replica (``ReplicaView``; ``sim.instance.Instance`` provides it, nothing is copied):
 
 * ``serving`` - taking requests (model loaded, not draining or released); ``instance_id``, ``label`` (the
-  config), ``gpus``;
+  config), ``gpus``, ``capacity_qps`` (its saturation QPS for the pool's task: a weight for mixed pools);
 * its load: ``queued`` (waiting for admission), ``running`` (the running batch: admitted, not finished),
   ``outstanding`` (= queued + running), ``kv_used_tokens`` (KV reserved by the running batch) of
   ``kv_capacity_tokens``, ``max_batch``;
@@ -34,6 +34,7 @@ class ReplicaView(Protocol):
     instance_id: int
     label: str
     gpus: int
+    capacity_qps: float
     serving: bool
     outstanding: int
     next_s: float

@@ -110,10 +110,10 @@ class _Fp16Base(PerTaskPolicy):
         return PoolPlan(task.name, key, 2)
 
 
-class DpZero(_Fp16Base):
+class DpNegative(_Fp16Base):
     def plan_task(self, ctx, task):
         plan = super().plan_task(ctx, task)
-        return PoolPlan(plan.task, plan.key, 0 if ctx.now_s > 0 else 1)  # valid first, invalid at the re-plan
+        return PoolPlan(plan.task, plan.key, -1 if ctx.now_s > 0 else 1)  # valid first, invalid at the re-plan
 
 
 class UnknownConfig(_Fp16Base):
@@ -139,7 +139,7 @@ class NotADeployment(Policy):
 
 
 INVALID_PLANS = [
-    ("DpZero", "returned an invalid plan at t=20 s: task 'chat-s': dp=0, must be a whole number >= 1"),
+    ("DpNegative", "returned an invalid plan at t=20 s: task 'chat-s': dp=-1, must be a whole number >= 0"),
     ("UnknownConfig", "task 'chat-s': config 'b200/llama2-13b/fp16/tp1' is not in the profile set"),
     ("WrongModel", "task 'code': config "),
     ("TaskMissing", "task(s) ['code'] missing"),

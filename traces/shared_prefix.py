@@ -111,3 +111,7 @@ class SharedPrefixStream:
 
     def count(self, task_id: int, lo_s: float, hi_s: float) -> int:
         return self.stream.count(task_id, lo_s, hi_s)
+
+    def bin_counts(self, task_id: int, edges):
+        from sim.cluster import bin_counts
+        return bin_counts(self.stream, task_id, edges)

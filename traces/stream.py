@@ -103,6 +103,10 @@ class ChunkedTrace:
         arrivals = self._by_task[task_id]
         return int(np.searchsorted(arrivals, hi_s, "left") - np.searchsorted(arrivals, lo_s, "left"))
 
+    def bin_counts(self, task_id: int, edges: np.ndarray) -> np.ndarray:
+        """Arrivals of one task in each ``[edges[i], edges[i + 1])``."""
+        return np.diff(np.searchsorted(self._by_task[task_id], edges, "left"))
+
 
 def _rows(trace: Trace, lo: int, hi: int) -> Trace:
     return Trace(trace.arrival_s[lo:hi], trace.input_tokens[lo:hi], trace.output_tokens[lo:hi], trace.task[lo:hi],
@@ -306,6 +310,16 @@ class AzureWeekTrace:
                 arrivals = self._arrivals_of(h)[task_id]
                 total += int(np.searchsorted(arrivals, hi_s, "left") - np.searchsorted(arrivals, lo_s, "left"))
         return total
+
+    def bin_counts(self, task_id: int, edges: np.ndarray) -> np.ndarray:
+        """Arrivals of one task in each ``[edges[i], edges[i + 1])`` (the chunks they span, searched once)."""
+        chunk_s = self.spec.chunk_s
+        lo_s, hi_s = float(edges[0]), float(edges[-1])
+        first = max(int(lo_s // chunk_s), 0)
+        last = min(int(hi_s // chunk_s), self._n_chunks - 1)
+        parts = [self._arrivals_of(h)[task_id] for h in range(first, last + 1)]
+        arrivals = np.concatenate(parts) if parts else np.empty(0)
+        return np.diff(np.searchsorted(arrivals, edges, "left"))
 
     # --- chunks --------------------------------------------------------------------------------
 
