@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 
 from sim.deployment import PlanContext, PoolPlan, TaskSpec
-from sim.planning import (candidate, energy_optimal, latency_infeasible, no_config_error, quality_infeasible,
-                          task_configs)
+from sim.planning import candidate, energy_optimal
+from sim.policies import slo_quality_candidates
 from sim.policy_api import PerTaskPolicy
 
 QUANTILES = ("p50", "p90", "p99", "max")
@@ -80,15 +80,7 @@ class BurstAware(PerTaskPolicy):
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         peak = self.peak_qps(ctx, task)
-        every = task_configs(ctx.profiles, task, ctx.gpu_types)
-        if not every:
-            raise no_config_error(self.name, task, ctx.gpu_types)
-        keys = [k for k in every if ctx.profiles.quality_score(k.model, k.quant, task.name) >= task.quality_min]
-        if not keys:
-            raise quality_infeasible(self.name, ctx.profiles, task, every)
-        cands = [c for c in (candidate(ctx.profiles, task, k, peak, self.headroom) for k in keys) if c is not None]
-        if not cands:
-            raise latency_infeasible(self.name, ctx.profiles, task, keys, "config meeting the quality floor")
+        cands = slo_quality_candidates(self.name, ctx, task, peak, self.headroom)
         best = energy_optimal(cands)
         current = ctx.current.for_task(task.name) if ctx.current is not None else None
         if current is None or current.dp == 0:

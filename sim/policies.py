@@ -92,16 +92,22 @@ class SloEnergyOptimal(PerTaskPolicy):
 
     def plan_task(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         load = ctx.load_qps[task.name]
-        every = task_configs(ctx.profiles, task, ctx.gpu_types)
-        if not every:
-            raise no_config_error(self.name, task, ctx.gpu_types)
-        keys = [k for k in every if ctx.profiles.quality_score(k.model, k.quant, task.name) >= task.quality_min]
-        if not keys:
-            raise quality_infeasible(self.name, ctx.profiles, task, every)
-        cands = [c for c in (candidate(ctx.profiles, task, k, load, self.headroom) for k in keys) if c is not None]
-        if not cands:
-            raise latency_infeasible(self.name, ctx.profiles, task, keys, "config meeting the quality floor")
-        return energy_optimal(cands).plan(task.name, load)
+        return energy_optimal(slo_quality_candidates(self.name, ctx, task, load, self.headroom)).plan(task.name, load)
+
+
+def slo_quality_candidates(policy: str, ctx: PlanContext, task: TaskSpec, load_qps: float, headroom: float) -> list:
+    """Every config that meets the task's quality floor and latency SLO at ``load_qps``, sized with ``headroom``;
+    a task with none stops the run with the reason (no config, quality, or latency)."""
+    every = task_configs(ctx.profiles, task, ctx.gpu_types)
+    if not every:
+        raise no_config_error(policy, task, ctx.gpu_types)
+    keys = [k for k in every if ctx.profiles.quality_score(k.model, k.quant, task.name) >= task.quality_min]
+    if not keys:
+        raise quality_infeasible(policy, ctx.profiles, task, every)
+    cands = [c for c in (candidate(ctx.profiles, task, k, load_qps, headroom) for k in keys) if c is not None]
+    if not cands:
+        raise latency_infeasible(policy, ctx.profiles, task, keys, "config meeting the quality floor")
+    return cands
 
 
 POLICIES = {cls.name: cls for cls in (Fp16Only, QualityFirst, EnergyFirst, SloEnergyOptimal)}
