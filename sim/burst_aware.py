@@ -29,6 +29,14 @@ from sim.policy_api import PerTaskPolicy
 QUANTILES = ("p50", "p90", "p99", "max")
 
 
+def ttft_scaled_bin_s(task: TaskSpec, bin_s: float | None, bin_ttft_multiple: float) -> float:
+    """Bin width of a task's rate history: ``bin_s``, else ``bin_ttft_multiple`` x its TTFT SLO, clamped to [1, 10] s:
+    bursts matter on the time scale of the latency target."""
+    if bin_s is not None:
+        return float(bin_s)
+    return min(10.0, max(1.0, bin_ttft_multiple * task.slo.ttft_s))
+
+
 class BurstAware(PerTaskPolicy):
     name = "burst_aware"
     # rate_bin_s (method below) asks the cluster for PlanContext.rate_history, in per-task bins
@@ -64,11 +72,7 @@ class BurstAware(PerTaskPolicy):
         self._below: dict[str, list[float]] = {}  # per task: peaks of the windows in a row that wanted less
 
     def rate_bin_s(self, task: TaskSpec) -> float:
-        """Bin width of the peak statistics for a task: ``bin_s``, else ``bin_ttft_multiple`` x its TTFT SLO, clamped
-        to [1, 10] s: bursts matter on the time scale of the latency target."""
-        if self.bin_s is not None:
-            return float(self.bin_s)
-        return min(10.0, max(1.0, self.bin_ttft_multiple * task.slo.ttft_s))
+        return ttft_scaled_bin_s(task, self.bin_s, self.bin_ttft_multiple)
 
     def peak_qps(self, ctx: PlanContext, task: TaskSpec) -> float:
         """The load to size for: the recent windows' short-term peak (past arrivals only)."""
@@ -108,4 +112,4 @@ class BurstAware(PerTaskPolicy):
         return (cand or best).plan(task.name, top)
 
 
-__all__ = ["BurstAware"]
+__all__ = ["BurstAware", "ttft_scaled_bin_s"]

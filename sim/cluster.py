@@ -253,9 +253,11 @@ class _Run:
             n = max(1, int(round((end_s - lo) / bin_s)))
             edges = np.linspace(lo, end_s, n + 1)
             width = (end_s - lo) / n
-            r = bin_counts(self.counter, task_id, edges).astype(float) / width
+            counts = bin_counts(self.counter, task_id, edges).astype(float)
+            counts.flags.writeable = False
+            r = counts / width
             p50, p90, p99 = np.percentile(r, (50, 90, 99))
-            rates[name] = WindowRates(float(r.mean()), float(p50), float(p90), float(p99), float(r.max()), bin_s)
+            rates[name] = WindowRates(float(r.mean()), float(p50), float(p90), float(p99), float(r.max()), bin_s, counts)
         return rates
 
     def _fleet(self) -> FleetView:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
+
+import numpy as np
 
 from profiles.engine_settings import EngineOverrides, EngineSettings
 from profiles.profile_set import LatencySlo, ProfileSet
@@ -101,7 +103,9 @@ class FleetView:
 @dataclass(frozen=True, slots=True)
 class WindowRates:
     """One task's arrivals over one past window, counted in ``bin_s``-long bins (req/s per bin): the mean and the
-    bins' P50 / P90 / P99 / max. Only arrivals before the plan's time are counted (no look-ahead)."""
+    bins' P50 / P90 / P99 / max, and the bins' arrival counts themselves (``counts``, oldest bin first, read-only), for
+    policies that weigh each bin by the requests in it. Only arrivals before the plan's time are counted (no
+    look-ahead)."""
 
     mean_qps: float
     p50_qps: float
@@ -109,6 +113,7 @@ class WindowRates:
     p99_qps: float
     max_qps: float
     bin_s: float
+    counts: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ What it sees, ``ctx: PlanContext`` (``sim.deployment``), read-only:
   the policy may use and per task a ``PoolState`` (config, DP asked for, replicas serving / loading / draining,
   GPUs held); ``gpu_types``; ``now_s``; ``window_s`` (seconds until the next re-plan, None: none);
 * ``rate_history`` - short-term peaks of the past: per earlier window, ``{task: WindowRates}`` (mean and the
-  P50/P90/P99/max of the per-bin arrival rates, ``sim.deployment.WindowRates``), counted from arrivals before
+  P50/P90/P99/max of the per-bin arrival rates and the bins' arrival counts, ``sim.deployment.WindowRates``;
+  ``sim.burst_budget`` weighs each bin by its requests), counted from arrivals before
   ``now_s`` only. Filled only for a policy that declares ``rate_bin_s``: seconds per bin (e.g. 10), or a method
   ``rate_bin_s(task) -> seconds`` for a bin per task (``sim.burst_aware``); computed once per re-plan from the
   arrival counter (vectorised where the counter has ``bin_counts``), never on the per-request path;
