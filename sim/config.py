@@ -560,7 +560,7 @@ def build_scheduler(node: Any, key: str) -> str | SchedulerSpec | None:
     return SchedulerSpec(plugin.target, plugin.label, plugin.cls, tuple(plugin.params.items()))
 
 
-def _engine_set(node: Any, name: str) -> bool:
+def engine_field_set(node: Any, name: str) -> bool:
     """Whether an engine node sets field ``name`` (a scheduler of ``{_target_: null}`` alone is not set)."""
     value = node.get(name)
     if name == "scheduler" and isinstance(value, (dict, DictConfig)):
@@ -606,7 +606,7 @@ def check_engines(cfg: Any, tasks: tuple[TaskSpec, ...], profiles: ProfileSet) -
     for task in engines:
         pool_engine = cfg.cluster.pools[task.name].get("engine")
         where = (f"cluster.pools.{task.name}.engine" if pool_engine is not None
-                 and any(_engine_set(pool_engine, k) for k in ("preset",) + ENGINE_FIELDS) else "engine")
+                 and any(engine_field_set(pool_engine, k) for k in ("preset",) + ENGINE_FIELDS) else "engine")
         for key in profiles.configs():
             if key.model != task.model:
                 continue
