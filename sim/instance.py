@@ -1116,8 +1116,9 @@ class PagedInstance(Instance):
             # --- schedule the next iteration ---
             dec.clear()
             pre.clear()
+            kv = 0
             if plugin:
-                self._plugin_step(now)
+                kv = self._plugin_step(now)  # (it sums the decodes' KV while it gives them their blocks)
             elif prefill_first:
                 if self.waiting:
                     self._prompts(pre, len(run))
@@ -1139,9 +1140,9 @@ class PagedInstance(Instance):
             for _, tokens in pre:
                 prefill += tokens
                 prefill_sq += tokens * tokens
-            kv = 0
-            for rid in dec:
-                kv += inp_col[rid & mask] + gen[rid]
+            if not plugin:
+                for rid in dec:
+                    kv += inp_col[rid & mask] + gen[rid]
             n_tok = batch + prefill
             duration = step.iteration_s(batch + len(pre), n_tok, kv, prefill, prefill_sq)
             if pre and self._graphs is not None:
@@ -1199,45 +1200,53 @@ class PluginInstance(PagedInstance):
         return SchedulerError(f"scheduler {self.scheduler_label} returned an invalid decision at t={now_s:.6g} s on "
                               f"replica {self.instance_id} ({self.label}): {rule}")
 
-    def _checked(self, decision: object, now_s: float) -> tuple[list[int], list[int], list[int]]:
-        """The decision as (decode, prompts, evict) lists of ints, once it names only requests in the right state,
-        each once; else SchedulerError. O(listed + waiting)."""
-        if not isinstance(decision, Decision):
+    def _ids(self, value: object, name: str, now_s: float) -> list[int] | tuple[int, ...]:
+        """A decision field as request ids: itself when it is a list or tuple of ints (checked in C), else
+        converted (numpy integers, other sequences); SchedulerError when an entry is no integer."""
+        if (type(value) is list or type(value) is tuple) and set(map(type, value)) <= _INT_TYPES:
+            return value
+        try:
+            return [operator.index(r) for r in value]
+        except TypeError:
+            raise self._violation(now_s, f"Decision.{name} must be a sequence of request ids (int), got "
+                                         f"{_short(value)}") from None
+
+    def _checked(self, decision: object, now_s: float) -> tuple:
+        """The decision's (decode, prompts, evict) once they name running requests (decode, evict), no running
+        request as a prompt unless evicted by the same decision, and each request once; else SchedulerError. Set
+        operations, O(listed); that a prompt is waiting is checked when it is taken from the queue."""
+        if type(decision) is not Decision and not isinstance(decision, Decision):
             raise self._violation(now_s, f"returned {type(decision).__name__}, not a sim.scheduler_api.Decision")
-        lists = []
-        for name in ("decode", "prompts", "evict"):
-            value = getattr(decision, name)
-            try:
-                rids = [operator.index(r) for r in value]
-            except TypeError:
-                raise self._violation(now_s, f"Decision.{name} must be a sequence of request ids (int), got "
-                                             f"{_short(value)}") from None
-            if len(set(rids)) != len(rids):
-                twice = next(r for r in rids if rids.count(r) > 1)
-                raise self._violation(now_s, f"request {twice} appears twice in Decision.{name}")
-            lists.append(rids)
-        decode, prompts, evict = lists
-        held = self._held
-        for rid in evict:
-            if rid not in held:
-                raise self._violation(now_s, f"evicts request {rid}, which is not running")
+        decode = self._ids(decision.decode, "decode", now_s)
+        prompts = self._ids(decision.prompts, "prompts", now_s)
+        evict = self._ids(decision.evict, "evict", now_s)
+        running = self._held.keys()
+        listed = set(decode)
+        if len(listed) != len(decode):
+            raise self._violation(now_s, f"request {_twice(decode)} appears twice in Decision.decode")
+        if not running >= listed:
+            raise self._violation(now_s, f"decodes request {min(listed - running)}, which is not running")
         evicted = set(evict)
-        for rid in decode:
-            if rid not in held:
-                raise self._violation(now_s, f"decodes request {rid}, which is not running")
-            if rid in evicted:
-                raise self._violation(now_s, f"decodes request {rid}, which it evicts")
+        if evict:
+            if len(evicted) != len(evict):
+                raise self._violation(now_s, f"request {_twice(evict)} appears twice in Decision.evict")
+            if not running >= evicted:
+                raise self._violation(now_s, f"evicts request {min(evicted - running)}, which is not running")
+            if listed & evicted:
+                raise self._violation(now_s, f"decodes request {min(listed & evicted)}, which it evicts")
         if prompts:
-            waiting = set(self.waiting)
-            for rid in prompts:
-                if rid not in waiting and rid not in evicted:
-                    state = "running" if rid in held else "not waiting on this replica"
-                    raise self._violation(now_s, f"admits request {rid}, which is {state}")
+            admitted = set(prompts)
+            if len(admitted) != len(prompts):
+                raise self._violation(now_s, f"request {_twice(prompts)} appears twice in Decision.prompts")
+            if (admitted & running) - evicted:
+                raise self._violation(now_s, f"admits request {min((admitted & running) - evicted)}, which is "
+                                             f"running")
         return decode, prompts, evict
 
-    def _plugin_step(self, now_s: float) -> None:
+    def _plugin_step(self, now_s: float) -> int:
         """Ask the scheduler, check its decision, apply it: evictions (blocks freed, back to the queue head), then a
-        block for every decode step that needs one, then the prompts (blocks of input + generated tokens)."""
+        block for every decode step that needs one, then the prompts (blocks of input + generated tokens). Returns
+        the KV tokens the decode steps read."""
         view = self._view
         view.free_blocks = free = self._free
         view.now_s = now_s
@@ -1250,25 +1259,33 @@ class PluginInstance(PagedInstance):
         gen = self._gen
         held = self._held
         waiting = self.waiting
+        dec = self._dec
+        dec.extend(decode)  # first: ``decode`` may be the running list itself, which evictions change
         if evict:
             for rid in evict:
                 run.remove(rid)
                 free += held.pop(rid)
             waiting.extendleft(reversed(evict))
             self.preemptions += len(evict)
-        for rid in decode:
-            need = -(-(inp_col[rid & mask] + gen[rid]) // block) - held[rid]
+        kv = 0
+        for rid in dec:
+            tokens = inp_col[rid & mask] + gen[rid]
+            kv += tokens
+            need = -(-tokens // block) - held[rid]
             if need:
                 held[rid] += need
                 free -= need
-        self._dec.extend(decode)
         pre = self._pre
         prefill = 0
         for rid in prompts:
-            if waiting[0] == rid:
+            if waiting and waiting[0] == rid:
                 waiting.popleft()
             else:
-                waiting.remove(rid)
+                try:
+                    waiting.remove(rid)
+                except ValueError:
+                    raise self._violation(now_s, f"admits request {rid}, which is not waiting on this "
+                                                 f"replica") from None
             g = gen.get(rid, 0)
             tokens = inp_col[rid & mask] + g
             blocks = -(-tokens // block)
@@ -1288,14 +1305,28 @@ class PluginInstance(PagedInstance):
         if prefill > step.max_num_tokens and len(pre) > 1:
             raise self._violation(now_s, f"admits {len(pre)} prompts of {prefill} tokens together, more than "
                                          f"max_num_tokens {step.max_num_tokens} (only a lone prompt may exceed it)")
-        if not decode and not pre and (run or waiting):
+        if not dec and not pre and (run or waiting):
             raise self._violation(now_s, f"schedules nothing while {len(run)} request(s) run and {len(waiting)} "
                                          f"wait: the replica would sit idle forever (livelock)")
+        return kv
 
 
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _twice(rids) -> int:
+    """A request id listed more than once."""
+    seen = set()
+    for rid in rids:
+        if rid in seen:
+            return rid
+        seen.add(rid)
+    raise ValueError("no request is listed twice")
+
+
+_INT_TYPES = {int}
 
 
 _SCHEDULER_CLASSES = {1: MaxUtilizationInstance, 2: VllmInstance}  # by StepModel.scheduler code

@@ -3,7 +3,7 @@
 ``scheduler=max_utilization`` and ``scheduler=vllm`` select these classes with their defaults, and
 ``scheduler._target_=sim.schedulers.Vllm`` (optionally with ``block_tokens`` / ``watermark``) the same. The engine
 runs an instance of exactly one of these classes as a built-in loop (``sim.instance.MaxUtilizationInstance``,
-``VllmInstance``), because a ``schedule()`` call and a checked decision per iteration cost 25-60 % more on these
+``VllmInstance``), because a ``schedule()`` call and a checked decision per iteration cost 12-45 % more on these
 loops; tests check that ``schedule()`` below, run through the plug-in path, gives byte-identical results to the
 built-in loops and to the per-iteration reference (``sim.reference.replay_paged``). A subclass runs ``schedule()``
 (the plug-in path), so ``class MyVllm(Vllm)`` overriding one method is a complete scheduler.
@@ -40,9 +40,9 @@ class MaxUtilization(IterationScheduler):
 
 
 class Vllm(IterationScheduler):
-    """vLLM V0's default scheduler: waiting prompts first (an iteration that admits prompts runs no decode step), 16-token
-    blocks allocated on demand, a 1 % block watermark kept free at admission, preemption by recomputation of the newest
-    running request; ``max_num_tokens`` is ``max_num_batched_tokens``, ``max_batch`` ``max_num_seqs``."""
+    """vLLM V0's default scheduler: waiting prompts first (an iteration that admits prompts runs no decode step),
+    16-token blocks allocated on demand, a 1 % block watermark kept free at admission, preemption by recomputation of
+    the newest running request; ``max_num_tokens`` is ``max_num_batched_tokens``, ``max_batch`` ``max_num_seqs``."""
 
     name = "vllm"
 

@@ -340,7 +340,8 @@ class Greedy(IterationScheduler):
 
 THREE = make_trace([0.0, 0.0, 0.0], [100, 100, 100], [20, 20, 20])
 VIOLATIONS = [
-    (Livelock, {}, "schedules nothing while 0 request(s) run and 3 wait: the replica would sit idle forever (livelock)"),
+    (Livelock, {}, "schedules nothing while 0 request(s) run and 3 wait: the replica would sit idle forever "
+                   "(livelock)"),
     (NotADecision, {}, "returned dict, not a sim.scheduler_api.Decision"),
     (AdmitsRunning, {}, "admits request 0, which is running"),
     (AdmitsUnknown, {}, "admits request 999, which is not waiting on this replica"),

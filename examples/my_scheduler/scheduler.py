@@ -34,7 +34,8 @@ class ShortestPromptFirst(IterationScheduler):
         if prefill_budget_tokens is not None and (isinstance(prefill_budget_tokens, bool)
                                                   or not isinstance(prefill_budget_tokens, int)
                                                   or prefill_budget_tokens < 1):
-            raise ValueError(f"prefill_budget_tokens must be a whole number >= 1 or null, got {prefill_budget_tokens!r}")
+            raise ValueError(f"prefill_budget_tokens must be a whole number >= 1 or null, got "
+                             f"{prefill_budget_tokens!r}")
         if max_wait_s is not None and not max_wait_s >= 0:
             raise ValueError(f"max_wait_s must be >= 0 or null, got {max_wait_s!r}")
         self.prefill_budget_tokens = prefill_budget_tokens  # None: the engine's max_num_tokens
