@@ -13,7 +13,9 @@ the TP GPUs (``profiles.catalog.kv_capacity_tokens``).
 
 Running a profile set's step models under other settings (``apply_engine_settings``): ``max_batch`` and
 ``max_num_tokens`` replace the step model's, ``chunked_context`` sets its flag, ``scheduler`` its batch scheduler
-(``guaranteed_no_evict``, the default and what every preset runs; ``max_utilization``; ``vllm``: sim.instance), and ``kv_cache_free_fraction``
+(``guaranteed_no_evict``, the default and what every preset runs; ``max_utilization``; ``vllm``: sim.instance; or a
+plug-in chosen by ``_target_``, ``sim.scheduler_api``, which the replicas get from the settings while the step model
+keeps its own code), and ``kv_cache_free_fraction``
 scales its ``kv_capacity_tokens`` by (new fraction / the fraction the profile set was built under), the latter
 read from the set's manifest key ``engine_settings.kv_cache_free_fraction`` (absent: 1.0). The iteration times
 are not refitted: the same kernels run, only the scheduler's limits change. What the settings do not change
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Any, Mapping
 
 from profiles.step_model import SCHEDULERS, StepModel, StepModelError
 
@@ -51,11 +53,26 @@ def check_engine_field(name: str, value):
         if not isinstance(value, bool):
             raise EngineSettingsError(f"{name} must be true or false, got {value!r}")
     elif name == "scheduler":
-        if not isinstance(value, str) or value not in SCHEDULERS:
-            raise EngineSettingsError(f"{name} must be one of {', '.join(SCHEDULERS)}, got {value!r}")
+        if isinstance(value, str):
+            if value not in SCHEDULERS:
+                raise EngineSettingsError(f"{name} must be one of {', '.join(SCHEDULERS)}, got {value!r}")
+        elif not is_scheduler_plugin(value):
+            raise EngineSettingsError(f"{name} must be one of {', '.join(SCHEDULERS)} or a scheduler plug-in "
+                                      f"(sim.scheduler_api.SchedulerSpec), got {value!r}")
     else:
         raise EngineSettingsError(f"engine settings have no field '{name}'; known: {', '.join(ENGINE_FIELDS)}")
     return value
+
+
+def is_scheduler_plugin(value) -> bool:
+    """Whether ``value`` is a scheduler chosen by ``_target_`` (``sim.scheduler_api.SchedulerSpec``: a ``target``
+    and a ``make()``), not a shipped name. Duck-typed: this module does not import the simulator."""
+    return isinstance(getattr(value, "target", None), str) and callable(getattr(value, "make", None))
+
+
+def _shown(value) -> str:
+    """A field value in a settings label: a plug-in scheduler by its target."""
+    return value.target if is_scheduler_plugin(value) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +85,9 @@ class EngineSettings:
     kv_cache_free_fraction: float  # share of the memory left after weights and runtime that holds KV cache
     chunked_context: bool  # prompts longer than the iteration's remaining token budget run in chunks
     source: str
-    scheduler: str = "guaranteed_no_evict"  # the batch scheduler (profiles.step_model.SCHEDULERS; sim.instance)
+    # the batch scheduler: a name of profiles.step_model.SCHEDULERS (sim.instance), or a plug-in chosen by _target_
+    # (sim.scheduler_api.SchedulerSpec)
+    scheduler: Any = "guaranteed_no_evict"
 
     def __post_init__(self) -> None:
         for field_name in ENGINE_FIELDS:
@@ -89,7 +108,7 @@ class EngineSettings:
                                       f"{', '.join(ENGINE_FIELDS)}")
         if not overrides:
             return self
-        label = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        label = ",".join(f"{k}={_shown(v)}" for k, v in sorted(overrides.items()))
         return replace(self, name=f"{self.name}[{label}]", source=f"{self.source}; overridden: {label}", **overrides)
 
 
@@ -101,7 +120,7 @@ class EngineOverrides:
     max_num_tokens: int | None = None
     kv_cache_free_fraction: float | None = None
     chunked_context: bool | None = None
-    scheduler: str | None = None
+    scheduler: Any = None  # a shipped name or a plug-in (sim.scheduler_api.SchedulerSpec)
 
     def __post_init__(self) -> None:
         for name, value in self.fields().items():
@@ -116,7 +135,7 @@ class EngineOverrides:
 
     @property
     def name(self) -> str:
-        label = ",".join(f"{k}={v}" for k, v in sorted(self.fields().items()))
+        label = ",".join(f"{k}={_shown(v)}" for k, v in sorted(self.fields().items()))
         return f"profile[{label}]" if label else "profile"
 
 
@@ -154,8 +173,12 @@ def apply_engine_settings(step: StepModel, settings: EngineSettings | EngineOver
         changes["max_num_tokens"] = values["max_num_tokens"]
     if "chunked_context" in values:
         changes["chunked_context"] = 1 if values["chunked_context"] else 0
+    plugin = None
     if "scheduler" in values:
-        changes["scheduler"] = SCHEDULERS.index(values["scheduler"])
+        if is_scheduler_plugin(values["scheduler"]):
+            plugin = values["scheduler"]  # the replicas get it (sim.pool); the step model keeps its own code
+        else:
+            changes["scheduler"] = SCHEDULERS.index(values["scheduler"])
     if "kv_cache_free_fraction" in values:
         scale = values["kv_cache_free_fraction"] / check_engine_field("kv_cache_free_fraction", profile_fraction)
         if scale != 1.0:
@@ -165,9 +188,13 @@ def apply_engine_settings(step: StepModel, settings: EngineSettings | EngineOver
                                           f"cache ({step.kv_capacity_tokens} tokens x {scale:.4g})")
             changes["kv_capacity_tokens"] = kv
     try:
-        return replace(step, **changes)
+        result = replace(step, **changes)
     except StepModelError as exc:
         raise EngineSettingsError(str(exc).replace("step model field ", "")) from None
+    if plugin is not None and result.chunked_context:
+        raise EngineSettingsError(f"chunked_context runs only with the guaranteed_no_evict scheduler, not "
+                                  f"{plugin.target}")
+    return result
 
 
 _TRTLLM_BUILD_DEFAULTS = ("literature: TensorRT-LLM BuildConfig defaults (max_batch_size 2048, max_num_tokens 8192) "
@@ -199,5 +226,5 @@ def lookup_engine_settings(name: str) -> EngineSettings:
 
 
 __all__ = ["ENGINE_FIELDS", "EngineOverrides", "EngineSettings", "EngineSettingsError", "PAPER_CASE_STUDY", "PRESETS",
-           "TRTLLM_SERVE", "apply_engine_settings", "check_engine_field", "lookup_engine_settings",
-           "profile_kv_fraction"]
+           "TRTLLM_SERVE", "apply_engine_settings", "check_engine_field", "is_scheduler_plugin",
+           "lookup_engine_settings", "profile_kv_fraction"]

@@ -20,6 +20,7 @@ from sim.plugins import PluginError, instantiate, load_plugin
 from sim.policy_api import Policy
 from sim.prefix_cache import PrefixCacheSettings
 from sim.router import RouterSpec
+from sim.scheduler_api import IterationScheduler, SchedulerSpec, engine_params
 from traces.azure import load_azure_trace, load_shipped_trace
 from traces.case_study import CASE_STUDY_TASKS, CaseStudyTraceSpec, build_case_study_trace
 from traces.shared_prefix import SharedPrefixSpec, SharedPrefixStream, add_shared_prefixes
@@ -93,7 +94,10 @@ class EngineConf:
     max_num_tokens: Optional[int] = None
     kv_cache_free_fraction: Optional[float] = None
     chunked_context: Optional[bool] = None
-    scheduler: Optional[str] = None  # guaranteed_no_evict, max_utilization, vllm (sim.instance)
+    # The batch scheduler: a shipped name (guaranteed_no_evict, max_utilization, vllm; sim.instance), or a plug-in
+    # {_target_: package.module.Class, <its parameters>} (sim.scheduler_api); {_target_: null} or null: not set. The
+    # default is a mapping so that ``engine.scheduler._target_=...`` works without Hydra's ``+``.
+    scheduler: Any = field(default_factory=lambda: {"_target_": None})
 
 
 @dataclass
@@ -508,6 +512,8 @@ def build_engine(run_engine: Any, pool_engine: Any, pool: str) -> EngineSettings
             continue
         for name in ENGINE_FIELDS:
             value = node.get(name)
+            if name == "scheduler":
+                value = build_scheduler(value, f"{where}.scheduler")
             if value is None:
                 continue
             if name == "kv_cache_free_fraction" and isinstance(value, int) and not isinstance(value, bool):
@@ -515,12 +521,51 @@ def build_engine(run_engine: Any, pool_engine: Any, pool: str) -> EngineSettings
             try:
                 values[name] = check_engine_field(name, value)
             except EngineSettingsError as exc:
-                raise _fail(f"{where}.{name}", str(exc).removeprefix(f"{name} ")) from None
+                hint = (f" (or a plug-in: {where}.scheduler._target_=package.module.Class)" if name == "scheduler"
+                        else "")
+                raise _fail(f"{where}.{name}", str(exc).removeprefix(f"{name} ") + hint) from None
     if preset is not None:
         if str(preset) not in PRESETS:
             raise _fail(preset_key, f"'{preset}' is not one of {sorted(PRESETS)} (null: the profile's own settings)")
         return PRESETS[str(preset)].with_overrides(**values)
     return EngineOverrides(**values) if values else None
+
+
+SCHEDULER_INTERFACE = "the scheduler interface (sim.scheduler_api.IterationScheduler: schedule(view) -> Decision)"
+
+
+def build_scheduler(node: Any, key: str) -> str | SchedulerSpec | None:
+    """The ``scheduler`` engine setting at ``key``: None when not set (null, or ``{_target_: null}`` alone), a name as
+    written (checked with the other engine fields), or the plug-in its ``_target_`` names: imported, checked against
+    ``sim.scheduler_api.IterationScheduler``, its parameters bound and one instance made, each failure one line
+    naming the key (``<key>._target_``, ``<key>.<parameter>``, ``<key>``)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if node is None or not isinstance(node, dict):
+        return node
+    if node.get("_target_") is None and set(node) <= {"_target_"}:
+        return None
+    try:
+        plugin = load_plugin(node, key, SCHEDULER_INTERFACE, ("schedule",), check_number)
+        if not issubclass(plugin.cls, IterationScheduler):
+            raise PluginError(f"{key}._target_", f"'{plugin.target}' does not implement {SCHEDULER_INTERFACE}: "
+                                                 f"subclass sim.scheduler_api.IterationScheduler")
+        made = instantiate(plugin, key)
+        try:
+            engine_params(made)
+        except ValueError as exc:
+            raise PluginError(key, f"{plugin.target}: {exc}") from None
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+    return SchedulerSpec(plugin.target, plugin.label, plugin.cls, tuple(plugin.params.items()))
+
+
+def engine_field_set(node: Any, name: str) -> bool:
+    """Whether an engine node sets field ``name`` (a scheduler of ``{_target_: null}`` alone is not set)."""
+    value = node.get(name)
+    if name == "scheduler" and isinstance(value, (dict, DictConfig)):
+        return value.get("_target_") is not None or len(value) > 1
+    return value is not None
 
 
 def build_tasks(cfg: Any) -> tuple[TaskSpec, ...]:
@@ -561,7 +606,7 @@ def check_engines(cfg: Any, tasks: tuple[TaskSpec, ...], profiles: ProfileSet) -
     for task in engines:
         pool_engine = cfg.cluster.pools[task.name].get("engine")
         where = (f"cluster.pools.{task.name}.engine" if pool_engine is not None
-                 and any(pool_engine.get(k) is not None for k in ("preset",) + ENGINE_FIELDS) else "engine")
+                 and any(engine_field_set(pool_engine, k) for k in ("preset",) + ENGINE_FIELDS) else "engine")
         for key in profiles.configs():
             if key.model != task.model:
                 continue

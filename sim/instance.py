@@ -72,9 +72,9 @@ without the flag the engine runs exactly the code above. With it:
 
 Schedulers (``StepModel.scheduler``; engine setting ``scheduler``). Everything above is TensorRT-LLM's
 GUARANTEED_NO_EVICT (``guaranteed_no_evict``, code 0, the default: a request's whole KV is reserved at admission, so
-nothing is ever evicted). Two more, each a separate class (``PagedInstance`` and its subclasses, picked by
-``Instance(...)`` from the step model) so the default path is untouched; both allocate KV on demand in blocks and
-evict running requests when the cache runs out:
+nothing is ever evicted). Two more, and plug-ins, each a separate class (``PagedInstance`` and its subclasses,
+picked by ``Instance(...)`` from the step model or its ``scheduler`` argument) so the default path is untouched; they
+allocate KV on demand in blocks and evict running requests when the cache runs out:
 
 * ``max_utilization`` (code 1, ``MaxUtilizationInstance``, TensorRT-LLM's MAX_UTILIZATION capacity scheduler;
   64-token blocks, ``tokens_per_block``): at each boundary every running request, oldest admission first, gets the
@@ -103,6 +103,13 @@ evict running requests when the cache runs out:
   instance refuses it), the admission lead (ignored). They advance one iteration per boundary (no closed-form
   decode stretch: each iteration's allocation depends on every running request's length), so they cost a loop
   turn per iteration; ``sim.reference.replay_paged`` is the per-iteration oracle they are tested against.
+* Plug-ins (engine setting ``scheduler: {_target_: package.module.Class, ...}``; interface ``sim.scheduler_api``):
+  any ``IterationScheduler`` runs on the same engine (``PluginInstance``), which asks its ``schedule(view)`` for each
+  iteration's evictions, decode steps and prompts, checks the decision and applies it; everything above (blocks,
+  recomputation, admission at arrival, energy) holds. The shipped two are such classes too
+  (``sim.schedulers.MaxUtilization``, ``Vllm``); an instance of exactly one of them runs as its built-in loop
+  (``MaxUtilizationInstance``, ``VllmInstance``: the hooks ``_decodes`` and ``_prompts``, no call or check per
+  iteration), whose results equal those of its ``schedule()`` on the plug-in path (tested).
 
 Extrapolation (``profiles.fit_domain``): when the step model's fit domain knows its largest batch, every
 iteration that admits requests compares the batch they join (running + newly admitted) with it and counts
@@ -114,14 +121,18 @@ columns after the run (``sim.metrics``).
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from heapq import heappop, heappush
 from typing import Callable
 
 from profiles.fit_domain import UNKNOWN_DOMAIN, FitDomain
-from profiles.step_model import StepModel
+from profiles.step_model import SCHEDULERS, StepModel
 from sim.prefix_cache import PrefixCache, PrefixCacheSettings
 from sim.requests import FINISHED, REASON_CODE, REJECTED, RequestTable
+from sim.scheduler_api import (Decision, IterationScheduler, SchedulerError, SchedulerSpec, SchedulerView,
+                               engine_params)
+from sim.schedulers import MaxUtilization, Vllm
 
 INF = math.inf
 _RID_BITS = 32
@@ -152,10 +163,13 @@ class Instance:
     )
 
     def __new__(cls, *args, **kwargs):
-        # A step model with chunked context gets its own engine loop (ChunkedInstance); without, this class's.
+        # A step model with chunked context gets its own engine loop (ChunkedInstance), a scheduler other than the
+        # default (by name in the step model, or a plug-in) the paged one; otherwise this class's.
         step = args[3] if len(args) > 3 else kwargs["step"]
         if cls is Instance:
-            if step.scheduler:
+            if kwargs.get("scheduler") is not None:
+                cls = _paged_class(kwargs["scheduler"])
+            elif step.scheduler:
                 cls = _SCHEDULER_CLASSES[step.scheduler]
             elif step.chunked_context:
                 cls = ChunkedInstance
@@ -175,7 +189,10 @@ class Instance:
         prefix_cache: PrefixCacheSettings | None = None,
         fit_domain: FitDomain = UNKNOWN_DOMAIN,
         graphs: set | None = None,
+        scheduler: "SchedulerSpec | IterationScheduler | None" = None,
     ):
+        # ``scheduler``: a batch scheduler plug-in (sim.scheduler_api); given, ``Instance(...)`` builds a PagedInstance,
+        # which takes it; None: the step model's scheduler.
         self.instance_id = instance_id
         self.label = label
         self.capacity_qps = 1.0  # the replica's saturation QPS for its task (set by the pool; routers may weight by it)
@@ -257,6 +274,11 @@ class Instance:
     @property
     def max_batch(self) -> int:
         return self.step.max_batch
+
+    @property
+    def scheduler_label(self) -> str:
+        """The batch scheduler: its shipped name (``profiles.step_model.SCHEDULERS``), or a plug-in's target."""
+        return SCHEDULERS[self.step.scheduler]
 
     # --- what the router and the pool call ---------------------------------------------------------
 
@@ -874,28 +896,63 @@ class ChunkedInstance(Instance):
 
 
 class PagedInstance(Instance):
-    """A replica whose scheduler allocates KV on demand and evicts running requests when it runs out (the
-    ``max_utilization`` and ``vllm`` schedulers; semantics in the module docstring). Built by ``Instance(...)`` when
-    ``StepModel.scheduler`` is not 0. It advances one iteration per decision point: the allocation of each
-    iteration depends on every running request's length, so there is no closed-form decode stretch."""
+    """A replica whose batch scheduler allocates KV on demand in blocks and evicts running requests when it runs out
+    (semantics in the module docstring). Built by ``Instance(...)`` when ``StepModel.scheduler`` is not 0 or a
+    ``scheduler`` is given. It advances one iteration per decision point: the allocation of each iteration depends on
+    every running request's length, so there is no closed-form decode stretch.
 
-    __slots__ = ("preemptions", "_run", "_gen", "_held", "_free", "_total_blocks", "_watermark", "_dec", "_pre")
+    The shipped schedulers run as built-in loops (``MaxUtilizationInstance``, ``VllmInstance``: the hooks
+    ``_decodes`` and ``_prompts``), which give the same results as their ``sim.schedulers`` classes'
+    ``schedule()`` (tested) at no per-iteration call; any other scheduler runs as a ``PluginInstance``, which asks
+    ``scheduler.schedule(view)`` at every boundary and checks the decision (``sim.scheduler_api``)."""
 
-    BLOCK_TOKENS = 64  # KV tokens per block
+    __slots__ = ("preemptions", "scheduler", "scheduler_label", "_run", "_gen", "_held", "_free", "_total_blocks",
+                 "_block", "_watermark", "_dec", "_pre")
+
     PREFILL_FIRST = False  # vLLM: an iteration that schedules prompts runs no decode step
-    WATERMARK = 0.0  # share of the blocks a new prompt must leave free (vLLM's watermark)
+    _PLUGIN = False  # PluginInstance: the scheduler's ``schedule(view)`` decides each iteration
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, scheduler: "SchedulerSpec | IterationScheduler | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if scheduler is None:
+            if self.step.scheduler not in _SHIPPED:
+                raise ValueError(f"{type(self).__name__} {self.label}: the step model's scheduler is "
+                                 f"{SCHEDULERS[self.step.scheduler]}; give a scheduler or build with Instance(...)")
+            sched = _SHIPPED[self.step.scheduler]()
+            label = SCHEDULERS[self.step.scheduler]
+        elif isinstance(scheduler, SchedulerSpec):
+            sched = scheduler.make()
+            label = scheduler.target
+        else:
+            sched = scheduler
+            label = f"{type(sched).__module__}.{type(sched).__qualname__}"
+        self.scheduler = sched
+        self.scheduler_label = label  # how summaries and errors name it: the shipped name, else the target
+        if not isinstance(sched, IterationScheduler):
+            raise TypeError(f"scheduler {label} is a {type(sched).__name__}, not a sim.scheduler_api."
+                            f"IterationScheduler")
+        engine = _BUILT_IN.get(type(sched), PluginInstance)
+        if type(self) is not engine:  # built directly as the wrong class: it would run another scheduler's loop
+            raise TypeError(f"scheduler {label} runs on {engine.__name__}, not {type(self).__name__}; build replicas "
+                            f"with Instance(...), which picks the class")
         if self.prefix_cache is not None:
-            raise ValueError(f"prefix caching runs only with the guaranteed_no_evict scheduler (instance {self.label})")
+            raise ValueError(f"prefix caching runs only with the guaranteed_no_evict scheduler, not {label} "
+                             f"(instance {self.label})")
+        if self.step.chunked_context:
+            raise ValueError(f"chunked_context runs only with the guaranteed_no_evict scheduler, not {label} "
+                             f"(instance {self.label})")
+        try:
+            block, watermark = engine_params(sched)
+        except ValueError as exc:
+            raise ValueError(f"scheduler {label}: {exc}") from None
         self.preemptions = 0  # running requests evicted (paused or preempted) to free KV
         self._run: list[int] = []  # decoding requests, in order of (re)admission
         self._gen: dict[int, int] = {}  # rid -> output tokens generated so far (kept across a preemption)
         self._held: dict[int, int] = {}  # rid -> KV blocks held
-        self._total_blocks = self.step.kv_capacity_tokens // self.BLOCK_TOKENS
+        self._block = block  # KV tokens per block
+        self._total_blocks = self.step.kv_capacity_tokens // block
         self._free = self._total_blocks
-        self._watermark = int(self.WATERMARK * self._total_blocks)
+        self._watermark = int(watermark * self._total_blocks)  # blocks a new prompt must leave free
         self._dec: list[int] = []  # decode steps of the iteration in flight
         self._pre: list[tuple[int, int]] = []  # (rid, prompt tokens computed) of the iteration in flight
 
@@ -906,7 +963,7 @@ class PagedInstance(Instance):
     @property
     def kv_used_tokens(self) -> int:
         """KV-cache tokens in the blocks the running requests hold."""
-        return (self._total_blocks - self._free) * self.BLOCK_TOKENS
+        return (self._total_blocks - self._free) * self._block
 
     def enqueue(self, rid: int, now_s: float) -> None:
         """Accept a request at ``now_s`` (it waits for the next iteration boundary), or reject one that could not
@@ -918,8 +975,7 @@ class PagedInstance(Instance):
         slot = rid & req.mask
         step = self.step
         inp = req.input_tokens[slot]
-        block = self.BLOCK_TOKENS
-        if -(-(inp + req.output_tokens[slot]) // block) > self._total_blocks - self._watermark:
+        if -(-(inp + req.output_tokens[slot]) // self._block) > self._total_blocks - self._watermark:
             reason = _KV_CAPACITY
         elif inp > step.max_num_tokens:
             reason = _MAX_NUM_TOKENS
@@ -944,7 +1000,7 @@ class PagedInstance(Instance):
         req = self.requests
         mask = req.mask
         inp_col = req.input_tokens
-        block = self.BLOCK_TOKENS
+        block = self._block
         run = self._run
         gen = self._gen
         held = self._held
@@ -976,7 +1032,7 @@ class PagedInstance(Instance):
         req = self.requests
         mask = req.mask
         inp_col = req.input_tokens
-        block = self.BLOCK_TOKENS
+        block = self._block
         waiting = self.waiting
         gen = self._gen
         held = self._held
@@ -1018,6 +1074,8 @@ class PagedInstance(Instance):
         run = self._run
         dec = self._dec
         pre = self._pre
+        plugin = self._PLUGIN
+        prefill_first = self.PREFILL_FIRST
         fit_max_batch = self._fit_max_batch
         released = False
         while next_s < until_s:
@@ -1058,7 +1116,10 @@ class PagedInstance(Instance):
             # --- schedule the next iteration ---
             dec.clear()
             pre.clear()
-            if self.PREFILL_FIRST:
+            kv = 0
+            if plugin:
+                kv = self._plugin_step(now)  # (it sums the decodes' KV while it gives them their blocks)
+            elif prefill_first:
                 if self.waiting:
                     self._prompts(pre, len(run))
                 if not pre:
@@ -1079,9 +1140,9 @@ class PagedInstance(Instance):
             for _, tokens in pre:
                 prefill += tokens
                 prefill_sq += tokens * tokens
-            kv = 0
-            for rid in dec:
-                kv += inp_col[rid & mask] + gen[rid]
+            if not plugin:
+                for rid in dec:
+                    kv += inp_col[rid & mask] + gen[rid]
             n_tok = batch + prefill
             duration = step.iteration_s(batch + len(pre), n_tok, kv, prefill, prefill_sq)
             if pre and self._graphs is not None:
@@ -1100,36 +1161,194 @@ class PagedInstance(Instance):
 
 
 class MaxUtilizationInstance(PagedInstance):
-    """TensorRT-LLM's MAX_UTILIZATION capacity scheduler (``scheduler: max_utilization``): every running request
-    first gets the KV block its next token needs (pausing the newest running requests when the cache is full),
-    then new and paused requests are admitted by their current KV need. Blocks of 64 tokens (TensorRT-LLM's
-    ``tokens_per_block``)."""
+    """TensorRT-LLM's MAX_UTILIZATION capacity scheduler (``scheduler: max_utilization``, ``sim.schedulers.
+    MaxUtilization``) as a built-in loop: every running request first gets the KV block its next token needs (pausing
+    the newest running requests when the cache is full), then new and paused requests are admitted by their current
+    KV need. Blocks of 64 tokens (TensorRT-LLM's ``tokens_per_block``) unless the scheduler's ``block_tokens`` says
+    otherwise."""
 
     __slots__ = ()
-    BLOCK_TOKENS = 64
 
 
 class VllmInstance(PagedInstance):
-    """vLLM V0's default scheduler (``scheduler: vllm``): waiting prompts first (an iteration that admits prompts runs
-    no decode step), 16-token blocks allocated on demand, a 1 % block watermark kept free at admission, preemption
-    by recomputation of the newest running request; ``max_num_tokens`` is ``max_num_batched_tokens``."""
+    """vLLM V0's default scheduler (``scheduler: vllm``, ``sim.schedulers.Vllm``) as a built-in loop: waiting prompts
+    first (an iteration that admits prompts runs no decode step), 16-token blocks allocated on demand, a 1 % block
+    watermark kept free at admission, preemption by recomputation of the newest running request; ``max_num_tokens``
+    is ``max_num_batched_tokens``."""
 
     __slots__ = ()
-    BLOCK_TOKENS = 16
     PREFILL_FIRST = True
-    WATERMARK = 0.01
 
 
-_SCHEDULER_CLASSES = {1: MaxUtilizationInstance, 2: VllmInstance}
+class PluginInstance(PagedInstance):
+    """A replica running a plug-in scheduler (``sim.scheduler_api``): at every iteration boundary it asks
+    ``scheduler.schedule(view)``, checks the decision against the contract (requests in the right state, each once;
+    free blocks, ``max_batch``, ``max_num_tokens``; no livelock) and applies it. A broken rule stops the run with a
+    ``SchedulerError`` naming the scheduler's target, the replica, the time and the rule."""
+
+    __slots__ = ("_schedule", "_view")
+    _PLUGIN = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._schedule = self.scheduler.schedule
+        self._view = SchedulerView(self._run, self.waiting, self._gen, self._held, self._total_blocks, self._block,
+                                   self._watermark, self.step.max_batch, self.step.max_num_tokens, self.label,
+                                   self.requests)
+
+    def _violation(self, now_s: float, rule: str) -> SchedulerError:
+        return SchedulerError(f"scheduler {self.scheduler_label} returned an invalid decision at t={now_s:.6g} s on "
+                              f"replica {self.instance_id} ({self.label}): {rule}")
+
+    def _ids(self, value: object, name: str, now_s: float) -> list[int] | tuple[int, ...]:
+        """A decision field as request ids: itself when it is a list or tuple of ints (checked in C), else
+        converted (numpy integers, other sequences); SchedulerError when an entry is no integer."""
+        if (type(value) is list or type(value) is tuple) and set(map(type, value)) <= _INT_TYPES:
+            return value
+        try:
+            return [operator.index(r) for r in value]
+        except TypeError:
+            raise self._violation(now_s, f"Decision.{name} must be a sequence of request ids (int), got "
+                                         f"{_short(value)}") from None
+
+    def _checked(self, decision: object, now_s: float) -> tuple:
+        """The decision's (decode, prompts, evict) once they name running requests (decode, evict), no running
+        request as a prompt unless evicted by the same decision, and each request once; else SchedulerError. Set
+        operations, O(listed); that a prompt is waiting is checked when it is taken from the queue."""
+        if type(decision) is not Decision and not isinstance(decision, Decision):
+            raise self._violation(now_s, f"returned {type(decision).__name__}, not a sim.scheduler_api.Decision")
+        decode = self._ids(decision.decode, "decode", now_s)
+        prompts = self._ids(decision.prompts, "prompts", now_s)
+        evict = self._ids(decision.evict, "evict", now_s)
+        running = self._held.keys()
+        listed = set(decode)
+        if len(listed) != len(decode):
+            raise self._violation(now_s, f"request {_twice(decode)} appears twice in Decision.decode")
+        if not running >= listed:
+            raise self._violation(now_s, f"decodes request {min(listed - running)}, which is not running")
+        evicted = set(evict)
+        if evict:
+            if len(evicted) != len(evict):
+                raise self._violation(now_s, f"request {_twice(evict)} appears twice in Decision.evict")
+            if not running >= evicted:
+                raise self._violation(now_s, f"evicts request {min(evicted - running)}, which is not running")
+            if listed & evicted:
+                raise self._violation(now_s, f"decodes request {min(listed & evicted)}, which it evicts")
+        if prompts:
+            admitted = set(prompts)
+            if len(admitted) != len(prompts):
+                raise self._violation(now_s, f"request {_twice(prompts)} appears twice in Decision.prompts")
+            if (admitted & running) - evicted:
+                raise self._violation(now_s, f"admits request {min((admitted & running) - evicted)}, which is "
+                                             f"running")
+        return decode, prompts, evict
+
+    def _plugin_step(self, now_s: float) -> int:
+        """Ask the scheduler, check its decision, apply it: evictions (blocks freed, back to the queue head), then a
+        block for every decode step that needs one, then the prompts (blocks of input + generated tokens). Returns
+        the KV tokens the decode steps read."""
+        view = self._view
+        view.free_blocks = free = self._free
+        view.now_s = now_s
+        decode, prompts, evict = self._checked(self._schedule(view), now_s)
+        req = self.requests
+        mask = req.mask
+        inp_col = req.input_tokens
+        block = self._block
+        run = self._run
+        gen = self._gen
+        held = self._held
+        waiting = self.waiting
+        dec = self._dec
+        dec.extend(decode)  # first: ``decode`` may be the running list itself, which evictions change
+        if evict:
+            for rid in evict:
+                run.remove(rid)
+                free += held.pop(rid)
+            waiting.extendleft(reversed(evict))
+            self.preemptions += len(evict)
+        kv = 0
+        for rid in dec:
+            tokens = inp_col[rid & mask] + gen[rid]
+            kv += tokens
+            need = -(-tokens // block) - held[rid]
+            if need:
+                held[rid] += need
+                free -= need
+        pre = self._pre
+        prefill = 0
+        for rid in prompts:
+            if waiting and waiting[0] == rid:
+                waiting.popleft()
+            else:
+                try:
+                    waiting.remove(rid)
+                except ValueError:
+                    raise self._violation(now_s, f"admits request {rid}, which is not waiting on this "
+                                                 f"replica") from None
+            g = gen.get(rid, 0)
+            tokens = inp_col[rid & mask] + g
+            blocks = -(-tokens // block)
+            gen[rid] = g
+            held[rid] = blocks
+            free -= blocks
+            prefill += tokens
+            pre.append((rid, tokens))
+        self._free = free
+        step = self.step
+        if free < 0:
+            raise self._violation(now_s, f"its decode steps and prompts need {-free} KV block(s) more than are free "
+                                         f"({self._total_blocks} blocks of {block} tokens)")
+        if len(run) + len(pre) > step.max_batch:
+            raise self._violation(now_s, f"{len(run)} running + {len(pre)} admitted = {len(run) + len(pre)} "
+                                         f"requests, more than max_batch {step.max_batch}")
+        if prefill > step.max_num_tokens and len(pre) > 1:
+            raise self._violation(now_s, f"admits {len(pre)} prompts of {prefill} tokens together, more than "
+                                         f"max_num_tokens {step.max_num_tokens} (only a lone prompt may exceed it)")
+        if not dec and not pre and (run or waiting):
+            raise self._violation(now_s, f"schedules nothing while {len(run)} request(s) run and {len(waiting)} "
+                                         f"wait: the replica would sit idle forever (livelock)")
+        return kv
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _twice(rids) -> int:
+    """A request id listed more than once."""
+    seen = set()
+    for rid in rids:
+        if rid in seen:
+            return rid
+        seen.add(rid)
+    raise ValueError("no request is listed twice")
+
+
+_INT_TYPES = {int}
+
+
+_SCHEDULER_CLASSES = {1: MaxUtilizationInstance, 2: VllmInstance}  # by StepModel.scheduler code
+_SHIPPED = {1: MaxUtilization, 2: Vllm}  # the scheduler class of each shipped name
+_BUILT_IN = {MaxUtilization: MaxUtilizationInstance, Vllm: VllmInstance}  # classes that run as built-in loops
+
+
+def _paged_class(scheduler: "SchedulerSpec | IterationScheduler") -> type:
+    """The engine class of a given scheduler: a shipped class itself runs its built-in loop, anything else (a
+    subclass included: it may override ``schedule``) the plug-in path."""
+    cls = scheduler.cls if isinstance(scheduler, SchedulerSpec) else type(scheduler)
+    return _BUILT_IN.get(cls, PluginInstance)
 
 
 def replay_single_instance(step: StepModel, requests: RequestTable,
-                           prefix_cache: PrefixCacheSettings | None = None, graphs: set | None = None) -> Instance:
+                           prefix_cache: PrefixCacheSettings | None = None, graphs: set | None = None,
+                           scheduler: SchedulerSpec | IterationScheduler | None = None) -> Instance:
     """Run every request of a table through one always-ready instance (with a prefix cache of these settings,
-    if given; with the CUDA graphs of ``graphs`` already captured, and the set updated); for probes,
-    calibration replays and tests."""
+    if given; with the CUDA graphs of ``graphs`` already captured, and the set updated; under a plug-in
+    ``scheduler``, if given); for probes, calibration replays and tests."""
     instance = Instance(0, "single", 1, step, requests, alloc_s=0.0, ready_s=0.0, prefix_cache=prefix_cache,
-                        graphs=graphs)
+                        graphs=graphs, scheduler=scheduler)
     arrivals = requests.arrival_s
     now = 0.0
     for rid in range(requests.n):

@@ -4,6 +4,7 @@
     qfleet-sim -m policy=fp16_only,quality_first,energy_first
     qfleet-sim trace=azure_week policy=slo_energy_optimal          # a week, streamed
     qfleet-sim engine=trtllm_serve engine.chunked_context=true     # other engine settings for every pool
+    qfleet-sim engine.scheduler._target_=examples.my_scheduler.ShortestPromptFirst   # a scheduler plug-in
     qfleet-sim --config-name capacity_sweep hydra/launcher=joblib  # load x policy x GPU mix x SLO
 
 In a multirun, each run writes its own folder; a folder that already holds the summary of a finished
@@ -30,6 +31,7 @@ from sim.cluster import simulate
 from sim.config import ConfigError, SimConf, build_run, plugin_label
 from sim.planning import NoFeasibleConfig
 from sim.policy_api import PlanError
+from sim.scheduler_api import SchedulerError
 from profiles.profile_set import ProfileError
 from sim.metrics import extrapolation_lines, requests_frame, summarize
 from sim.report import comparison_rows, finished_summary, format_comparison, write_error, write_run, write_stream_run
@@ -63,7 +65,7 @@ def run(cfg: DictConfig, out_dir: Path, extra: dict | None = None) -> dict:
     started = time.perf_counter()
     try:
         return _simulate(cfg, spec, out_dir, extra, label, streaming, bar, progress, started)
-    except (NoFeasibleConfig, ProfileError, PlanError) as exc:  # found while planning: cannot be served
+    except (NoFeasibleConfig, ProfileError, PlanError, SchedulerError) as exc:  # a plan or plug-in that cannot run
         raise ConfigError(str(exc)) from None
 
 

@@ -19,7 +19,6 @@ import pyarrow as pa
 
 from calibrate.probe_stats import tpot_s
 from profiles.fit_domain import FitDomain
-from profiles.step_model import SCHEDULERS
 from sim.cluster import RunResult, gpus_over_time, time_average
 from sim.deployment import TaskSpec
 from sim.requests import FINISHED, REJECT_REASONS, REJECTED, STATUS_NAMES, RequestBatch, table_batch
@@ -451,12 +450,18 @@ def engine_summary(result) -> dict[str, dict]:
     """Per task, the engine settings its pool ran under (``settings``: a preset's name, or ``profile`` for the step
     models as the profile set states them, with any overrides in brackets; the fields set) and, per config label
     it ran, the limits of the step model its replicas used; ``preemptions``: running requests its replicas evicted
-    to free KV (the max_utilization and vllm schedulers; always 0 under guaranteed_no_evict)."""
+    to free KV (the max_utilization and vllm schedulers and plug-ins; always 0 under guaranteed_no_evict). A
+    scheduler plug-in is recorded by its ``_target_`` (and ``scheduler_params``, its parameters)."""
     out: dict[str, dict] = {}
     for task in result.tasks:
         engine = getattr(task, "engine", None)
-        out[task.name] = {"settings": engine.name if engine is not None else "profile",
-                          **(engine.fields() if engine is not None else {}), "preemptions": 0, "configs": {}}
+        fields = engine.fields() if engine is not None else {}
+        plugin = fields.get("scheduler")
+        if plugin is not None and not isinstance(plugin, str):  # a plug-in: its target and parameters
+            fields["scheduler"] = plugin.target
+            fields["scheduler_params"] = dict(plugin.params)
+        out[task.name] = {"settings": engine.name if engine is not None else "profile", **fields, "preemptions": 0,
+                          "configs": {}}
     for inst in result.instances:
         task = result.instance_task.get(inst.instance_id)
         if task not in out:
@@ -466,7 +471,7 @@ def engine_summary(result) -> dict[str, dict]:
         out[task]["configs"].setdefault(inst.label, {
             "max_batch": int(step.max_batch), "max_num_tokens": int(step.max_num_tokens),
             "kv_capacity_tokens": int(step.kv_capacity_tokens), "chunked_context": bool(step.chunked_context),
-            "scheduler": SCHEDULERS[step.scheduler]})
+            "scheduler": inst.scheduler_label})
     for entry in out.values():
         entry["configs"] = dict(sorted(entry["configs"].items()))
     return out

@@ -12,7 +12,8 @@ release is scheduled as an event at the moment it happens.
 
 Engine settings: a task with ``TaskSpec.engine`` runs every replica on the profile's step model under those
 settings (``profiles.engine_settings.apply_engine_settings``, once per config); without, on the profile's own
-step model object, unchanged.
+step model object, unchanged. A scheduler plug-in in the settings (``sim.scheduler_api``) gives every replica its
+own scheduler object.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable
 
 import simpy
 
-from profiles.engine_settings import apply_engine_settings, profile_kv_fraction
+from profiles.engine_settings import apply_engine_settings, is_scheduler_plugin, profile_kv_fraction
 from profiles.profile_set import ProfileSet
 from profiles.schema import ConfigKey
 from profiles.step_model import StepModel
@@ -68,6 +69,9 @@ class Pool:
         self._steps: dict[ConfigKey, StepModel] = {}
         self._kv_fraction = (profile_kv_fraction(profiles.manifest, str(profiles.path)) if task.engine is not None
                              else 1.0)
+        # A scheduler plug-in (sim.scheduler_api) of the task's engine settings: every replica makes its own.
+        scheduler = task.engine.fields().get("scheduler") if task.engine is not None else None
+        self._scheduler = scheduler if is_scheduler_plugin(scheduler) else None
 
     def step(self, key: ConfigKey) -> StepModel:
         """The step model this pool's replicas of ``key`` run: the profile's, under the task's engine settings."""
@@ -141,6 +145,7 @@ class Pool:
             on_release=self._released,
             prefix_cache=self.prefix_cache,
             fit_domain=self.profiles.fit_domain(key),
+            scheduler=self._scheduler,
         )
         self.key_of[instance.instance_id] = key
         sat = self.profiles.saturation_qps(key, self.task.workload, self.task.slo)

@@ -272,9 +272,11 @@ class PagedReferenceResult:
 
 
 def replay_paged(step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarray,
-                 output_tokens: np.ndarray) -> PagedReferenceResult:
+                 output_tokens: np.ndarray, rules: dict | None = None) -> PagedReferenceResult:
     """Replay requests (each admissible alone) through one instance whose scheduler is ``max_utilization``
-    (``step.scheduler == 1``) or ``vllm`` (2), iteration by iteration, from the semantics in ``sim.instance``:
+    (``step.scheduler == 1``) or ``vllm`` (2), or follows ``rules`` if given (``block_tokens``, ``prefill_first``,
+    ``watermark``, as in ``PAGED_SCHEDULERS``: the shipped schedulers with other parameters), iteration by
+    iteration, from the semantics in ``sim.instance``:
 
     * a running request with ``g`` tokens generated holds the KV of ``input + g - 1`` tokens; its decode step writes
       one more, so it needs ``ceil((input + g) / block)`` blocks; a (re)computed prompt of ``input + g`` tokens needs
@@ -290,7 +292,7 @@ def replay_paged(step: StepModel, arrival_s: np.ndarray, input_tokens: np.ndarra
     * energy: an iteration's energy is shared per token computed (prompt tokens and one per decode step);
     * CUDA-graph capture as for the default engine (first iteration with prompts of a padded shape).
     """
-    rules = PAGED_SCHEDULERS[step.scheduler]
+    rules = PAGED_SCHEDULERS[step.scheduler] if rules is None else rules
     block = rules["block_tokens"]
     total = step.kv_capacity_tokens // block
     watermark = int(rules["watermark"] * total)

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 import sim.main  # registers the schema  # noqa: F401
-from sim.config import ConfigError, build_run
+from sim.config import ConfigError, build_run, engine_field_set
 from sim.main import run
 
 SMALL = ["trace.duration_s=60", "trace.total_rate_qps=20", "progress=false"]
@@ -30,7 +30,8 @@ def test_default_config_is_the_case_study():
     assert cfg.trace.total_rate_qps > 100 and cfg.trace.duration_s == 3600
     pool = cfg.cluster.pools["chat-s"]
     assert (pool.model, pool.workload) == ("llama2-13b", "sharegpt")
-    assert all(value is None for value in pool.engine.values())  # no per-pool engine override
+    assert not any(engine_field_set(pool.engine, name) for name in pool.engine)  # no per-pool engine override
+    assert pool.engine.scheduler == {"_target_": None}  # not set; a mapping, so scheduler._target_=... needs no +
     assert cfg.engine.preset is None  # engine=profile: the step models as profiled
     assert cfg.slo.tasks["code"].ttft_s == 0.15
 
