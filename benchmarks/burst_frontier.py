@@ -80,6 +80,27 @@ def window_misses(parquet: Path, tasks: list[str], windows: int) -> dict[str, tu
     return out
 
 
+def oracle_frontier(misses: dict, tps: dict, window_s: np.ndarray, lambdas) -> list[tuple]:
+    """Per lambda: (lambda, GPU-hours, attainment, {task: GPU-hours}) of the replica counts that minimise, per window
+    and task, GPU-seconds + lambda x misses. ``misses[task][dp] = (requests per window, misses per window)``."""
+    total = sum(next(iter(m.values()))[0].sum() for m in misses.values())
+    out = []
+    for lam in lambdas:
+        gpu_s = missed = 0.0
+        per_task = {}
+        for task, by_dp in misses.items():
+            dps = sorted(by_dp)
+            cost = np.stack([dp * tps[task] * window_s + lam * by_dp[dp][1] for dp in dps], axis=1)
+            pick = cost.argmin(axis=1)
+            chosen = np.array(dps)[pick]
+            task_gpu_s = float(np.dot(chosen, window_s)) * tps[task]
+            gpu_s += task_gpu_s
+            missed += float(sum(by_dp[dps[p]][1][w] for w, p in enumerate(pick)))
+            per_task[task] = task_gpu_s / 3600.0
+        out.append((lam, gpu_s / 3600.0, 1.0 - missed / total, per_task))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=1.0)
@@ -108,22 +129,9 @@ def main() -> None:
     total = sum(misses[t][1][0].sum() for t in tasks)
     span_h = args.days * 24.0
     base = policies["slo_energy_optimal"]["gpu_hours"]
-    rows = []
-    for lam in LAMBDAS:
-        gpu_s = 0.0
-        missed = 0.0
-        per_task = {}
-        for task in tasks:
-            dps = sorted(misses[task])
-            tp = int(configs[task].rsplit("tp", 1)[1])
-            cost = np.array([[dp * tp * window_s[w] + lam * misses[task][dp][1][w] for dp in dps] for w in range(windows)])
-            pick = cost.argmin(axis=1)
-            task_gpu_s = sum(dps[p] * window_s[w] for w, p in enumerate(pick)) * tp
-            gpu_s += task_gpu_s
-            missed += sum(misses[task][dps[p]][1][w] for w, p in enumerate(pick))
-            per_task[task] = task_gpu_s / 3600.0 / span_h
-        gpu_h = gpu_s / 3600.0
-        rows.append((lam, gpu_h, gpu_h / base - 1.0, 1.0 - missed / total, per_task))
+    tps = {t: int(configs[t].rsplit("tp", 1)[1]) for t in tasks}
+    rows = [(lam, gpu_h, gpu_h / base - 1.0, att, {t: g / span_h for t, g in per_task.items()})
+            for lam, gpu_h, att, per_task in oracle_frontier(misses, tps, window_s, LAMBDAS)]
     static = {t: {dp: 1.0 - m[1].sum() / m[0].sum() for dp, m in sorted(misses[t].items())} for t in tasks}
     feasible = [r for r in rows if r[3] >= GOAL_ATTAINMENT]
     least = min(feasible, key=lambda r: r[1]) if feasible else None

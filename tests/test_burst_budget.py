@@ -192,3 +192,30 @@ def test_fixed_plan_wrong_model_or_missing_task_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="policy.pools.code.config: .* serves llama2-13b, but task 'code' runs "
                                           "codellama-34b"):
         run(cfg, tmp_path)
+
+
+# --- the oracle frontier of benchmarks/burst_frontier.py ----------------------------------------------------
+
+def _frontier_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "burst_frontier.py"
+    spec = importlib.util.spec_from_file_location("burst_frontier", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_oracle_frontier_picks_replicas_per_window_by_lambda():
+    # one task, two 100-s windows of 50 requests; one replica misses 20 in the first window and none in the second,
+    # two replicas miss none. A second replica costs 100 GPU-s and saves 20 misses: worth it once lambda > 5.
+    frontier = _frontier_module().oracle_frontier
+    reqs = np.array([50.0, 50.0])
+    misses = {"t": {1: (reqs, np.array([20.0, 0.0])), 2: (reqs, np.array([0.0, 0.0]))}}
+    window_s = np.array([100.0, 100.0])
+    (l1, gpu_h1, att1, per1), (l2, gpu_h2, att2, per2) = frontier(misses, {"t": 1}, window_s, (4.0, 6.0))
+    assert gpu_h1 == pytest.approx(200 / 3600) and att1 == pytest.approx(0.8)  # one replica throughout
+    assert gpu_h2 == pytest.approx(300 / 3600) and att2 == pytest.approx(1.0)  # two in the first window only
+    # TP2 doubles every replica's GPU-seconds: the same lambda no longer buys the second replica
+    (_, gpu_h_tp2, att_tp2, _), = frontier(misses, {"t": 2}, window_s, (6.0,))
+    assert gpu_h_tp2 == pytest.approx(400 / 3600) and att_tp2 == pytest.approx(0.8)
