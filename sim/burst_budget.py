@@ -11,7 +11,7 @@ and spends one budget of misses where it saves the most GPUs:
   look-ahead) are replayed through a fluid queue served at n x the config's saturation QPS: an arrival misses while
   the backlog is more than that rate clears within the TTFT SLO (the share of each bin during which it is, the
   backlog moving linearly across the bin); of the other arrivals, the share the profile's latency curve gives at
-  the bin's rate per replica (capped at saturation) misses, read off its P50 / P90 / P99 TTFT and TPOT
+  the bin's rate per replica (capped where the curve's P90s cross the SLO) misses, read off its P50 / P90 / P99 TTFT and TPOT
   (``miss_share``). So a burst that a loose SLO absorbs (chat-S: 1 s of queue) costs little, and one a tight SLO
   cannot (code: 0.15 s) costs its requests. Arrivals clustered within a bin are not seen (optimistic); the curves
   are coarse around their knee (pessimistic there).
@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from sim.burst_aware import ttft_scaled_bin_s
+from profiles.profile_set import saturation_from_curve
 from sim.deployment import Deployment, PlanContext, PoolPlan, TaskSpec
 from sim.planning import energy_optimal
 from sim.policies import slo_quality_candidates
@@ -94,8 +95,9 @@ class BurstBudget(Policy):
 
     # --- predicted misses ---------------------------------------------------------------------------
 
-    def miss_table(self, profiles, task: TaskSpec, key) -> tuple[np.ndarray, np.ndarray]:
-        """Per-replica rate grid and the share of requests missing the task's SLO there (memoised)."""
+    def miss_table(self, profiles, task: TaskSpec, key) -> tuple[np.ndarray, np.ndarray, float]:
+        """Per-replica rate grid, the share of requests missing the task's SLO there, and the rate where the curve's
+        P90s cross the SLO (memoised)."""
         memo = (key, task.workload, task.slo)
         table = self._miss_tables.get(memo)
         if table is None:
@@ -106,7 +108,9 @@ class BurstBudget(Policy):
             for metric, slo_s in (("ttft", task.slo.ttft_s), ("tpot", task.slo.tpot_s)):
                 q = [np.interp(grid, qps, curve[f"p{p}_{metric}_s"].to_numpy(float)) for p in (50, 90, 99)]
                 shares.append(miss_share(slo_s, *q))
-            table = self._miss_tables[memo] = (grid, np.maximum(*shares))
+            # where the curve itself crosses the SLO: the searched saturation may sit past it (the sweep is coarse at
+            # its knee), and the share read there would count a burst at saturation as a steady overload
+            table = self._miss_tables[memo] = (grid, np.maximum(*shares), saturation_from_curve(curve, task.slo))
         return table
 
     def predicted_misses(self, ctx: PlanContext, task: TaskSpec, key, counts: np.ndarray, bin_s: float,
@@ -117,11 +121,12 @@ class BurstBudget(Policy):
                              dp: int) -> float:
         """Requests of the past bins that ``dp`` replicas of ``key`` would have failed: the queue's share (a fluid
         backlog served at dp x the saturation QPS; an arrival misses while it exceeds what that rate clears within
-        the TTFT SLO), and of the rest the curve's share at the bin's rate per replica, capped at saturation."""
-        grid, share = self.miss_table(profiles, task, key)
+        the TTFT SLO), and of the rest the curve's share at the bin's rate per replica, capped where the curve's P90s
+        cross the SLO."""
+        grid, share, curve_sat = self.miss_table(profiles, task, key)
         sat = profiles.saturation_qps(key, task.workload, task.slo)
         rate = counts / (bin_s * dp)
-        curve_share = np.interp(np.minimum(rate, sat), grid, share)
+        curve_share = np.interp(np.minimum(rate, min(sat, curve_sat)), grid, share)
         if sat <= 0:
             return float(counts.sum())
         served = dp * sat * bin_s  # requests the pool clears per bin
