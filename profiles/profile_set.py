@@ -106,6 +106,7 @@ class ProfileSet:
     _steps: dict = field(default_factory=dict, repr=False)
     _curve_index: dict = field(default_factory=dict, repr=False)
     _domains: dict = field(default_factory=dict, repr=False)
+    _energy_curves: dict = field(default_factory=dict, init=False, repr=False)  # (key, workload) -> EnergyCurve
     _saturation_index: dict = field(default_factory=dict, init=False, repr=False)  # filled by the first look-up
 
     # --- loading ---------------------------------------------------------------------------------
@@ -205,14 +206,17 @@ class ProfileSet:
         Above the curve's highest point there is no answer (an error, not a clamp). Below its lowest
         point the replica is mostly idle: power falls linearly towards ``idle_w`` with the load and
         tokens fall in proportion, which is what the curve's own low end does (``energy_per_token_at``)."""
-        curve = self.curve(key, workload)
-        top = float(curve["qps"].iloc[-1])
+        energy = self._energy_curves.get((key, workload))
+        if energy is None:  # the arrays once per curve: policies ask at every re-plan, for every candidate
+            energy = self._energy_curves[(key, workload)] = EnergyCurve.of(self.curve(key, workload),
+                                                                             self.step(key).idle_w)
+        top = float(energy.qps[-1])
         if qps > top * (1 + 1e-9):
             raise ProfileError(
                 f"{self.path}/curves.parquet: {key.label} on '{workload}' is measured up to "
                 f"{top:.3g} req/s; {qps:.3g} req/s is beyond the curve"
             )
-        return float(energy_per_token_at(EnergyCurve.of(curve, self.step(key).idle_w), np.array([qps]))[0])
+        return float(energy_per_token_at(energy, np.array([qps]))[0])
 
 
 @dataclass(frozen=True, slots=True)
