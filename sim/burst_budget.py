@@ -15,15 +15,21 @@ and spends one budget of misses where it saves the most GPUs:
   (``miss_share``). So a burst that a loose SLO absorbs (chat-S: 1 s of queue) costs little, and one a tight SLO
   cannot (code: 0.15 s) costs its requests. Arrivals clustered within a bin are not seen (optimistic); the curves
   are coarse around their knee (pessimistic there).
-* **one budget**: starting from the replicas the recent mean needs, a replica (TP GPUs) is added, one at a time,
-  to the task where it removes the most predicted misses per GPU, until all tasks' predicted misses are at most
-  ``1 - target`` of their requests (``max_extra`` replicas per task at most). The GPUs go where they buy SLO
-  attainment; a task far from its SLO gets no burst margin.
+* **one budget**: starting from the replicas that keep each task's own predicted misses within ``1 - task_floor``
+  of its requests (so no task is given up for the others), a replica (TP GPUs) is added, one at a time, to the
+  task where it removes the most predicted misses per GPU, until all tasks' predicted misses are at most
+  ``1 - target`` of their requests (``max_extra`` replicas per task above what the recent mean needs, at most).
+  The GPUs go where they buy SLO attainment; a task far from its SLO gets no burst margin.
+* **a climbing load**: when the mean rose in each of the last two windows, the past bins are scaled by the smaller
+  rise (at most ``max_growth``) before the misses are predicted, so a load that keeps climbing is not always met
+  one window late.
 * config per task: the one that meets ``target`` on the task's own bins with the fewest GPUs, then the least energy
   per token at the recent mean; the one in force is kept while it needs no more GPUs and is within ``switch_gain``
   of that energy (no flips between near-equals).
-* hysteresis: a pool grows at once (more GPUs than it holds); anything else (fewer replicas, another config at no
-  more GPUs) waits for ``down_after`` windows in a row that all wanted it, then takes the most replicas they wanted.
+* hysteresis: a pool changes at once when it needs more GPUs than it holds, or when the plan in force is predicted
+  to miss more than the new one and more than the task's share of the budget (a config at the same GPUs with more
+  capacity); anything else (fewer replicas, another config that is merely cheaper) waits for ``down_after`` windows
+  in a row that all wanted it, then takes the most replicas they wanted.
 
 The first plan, before any arrival was seen, sizes for ``ctx.load_qps`` x ``first_peak_to_mean`` (the only time
 ``ctx.load_qps`` is read).
@@ -63,6 +69,7 @@ class BurstBudget(Policy):
     name = "burst_budget"
     param_ranges = {
         "target": (0, False, 1, False, False),
+        "task_floor": (0, True, 1, False, False),
         "lookback": (1, True, None, True, False),
         "down_after": (0, True, None, True, False),
         "switch_gain": (0, True, None, False, False),
@@ -70,16 +77,21 @@ class BurstBudget(Policy):
         "bin_s": (0, False, None, False, True),
         "bin_ttft_multiple": (0, False, None, False, False),
         "max_extra": (0, True, None, True, False),
+        "max_growth": (1, True, None, False, False),
     }
 
-    def __init__(self, target: float = 0.98, lookback: int = 3, down_after: int = 3, switch_gain: float = 0.05,
+    def __init__(self, target: float = 0.98, task_floor: float = 0.9, lookback: int = 3, down_after: int = 3,
+                 switch_gain: float = 0.05,
                  first_peak_to_mean: float = 1.5, bin_s: float | None = None, bin_ttft_multiple: float = 5.0,
-                 max_extra: int = 8):
+                 max_extra: int = 8, max_growth: float = 1.5):
         if not (0 < target < 1):
             raise ValueError(f"policy.target must be in (0, 1), got {target}")
         if bin_s is not None and not (0 < bin_s < math.inf):
             raise ValueError(f"policy.bin_s must be finite and > 0 or null, got {bin_s}")
+        if not (0 <= task_floor < 1):
+            raise ValueError(f"policy.task_floor must be in [0, 1), got {task_floor}")
         self.target = float(target)
+        self.task_floor = float(task_floor)
         self.lookback = int(lookback)
         self.down_after = int(down_after)
         self.switch_gain = float(switch_gain)
@@ -87,6 +99,7 @@ class BurstBudget(Policy):
         self.bin_s = bin_s
         self.bin_ttft_multiple = float(bin_ttft_multiple)
         self.max_extra = int(max_extra)
+        self.max_growth = float(max_growth)
         self._below: dict[str, list] = {}  # per task: (config, replicas) wanted by the windows in a row that wanted less
         self._miss_tables: dict = {}  # (config, workload, slo) -> (per-replica rates, miss share)
 
@@ -147,20 +160,25 @@ class BurstBudget(Policy):
             windows = [rates[task.name] for _, rates in recent if task.name in rates]
             counts = np.concatenate([w.counts for w in windows]) if windows else np.zeros(1)
             bin_s = windows[-1].bin_s if windows else 1.0
+            counts = counts * self.growth(windows)
             mean_qps = float(counts.sum()) / (len(counts) * bin_s)
             best = self._config(ctx, task, mean_qps, counts, bin_s)
             chosen[task.name] = (best, counts, bin_s)
             means[task.name] = mean_qps
-        dp = {name: c.dp for name, (c, _, _) in chosen.items()}
-        misses = {name: self.predicted_misses(ctx, _task(ctx, name), c.key, counts, bin_s, dp[name])
-                  for name, (c, counts, bin_s) in chosen.items()}
+        dp, misses = {}, {}
+        for name, (c, counts, bin_s) in chosen.items():  # start: each task within its own floor
+            task, allowed = _task(ctx, name), (1.0 - self.task_floor) * float(counts.sum())
+            dp[name] = c.dp
+            misses[name] = self.predicted_misses(ctx, task, c.key, counts, bin_s, c.dp)
+            while misses[name] > allowed and dp[name] - c.dp < self.max_extra:
+                dp[name] += 1
+                misses[name] = self.predicted_misses(ctx, task, c.key, counts, bin_s, dp[name])
         total = sum(float(counts.sum()) for _, counts, _ in chosen.values())
         budget = (1.0 - self.target) * total
-        floor = dict(dp)
         while sum(misses.values()) > budget:
             gains = []
             for name, (c, counts, bin_s) in chosen.items():
-                if dp[name] - floor[name] >= self.max_extra or misses[name] <= 0:
+                if dp[name] - c.dp >= self.max_extra or misses[name] <= 0:
                     continue
                 after = self.predicted_misses(ctx, _task(ctx, name), c.key, counts, bin_s, dp[name] + 1)
                 gains.append(((misses[name] - after) / c.key.tp, name, after))
@@ -171,8 +189,19 @@ class BurstBudget(Policy):
                 break
             dp[name] += 1
             misses[name] = after
-        return Deployment(tuple(self._hold(ctx, task, chosen[task.name][0], dp[task.name],
-                                                      means[task.name]) for task in ctx.tasks))
+        return Deployment(tuple(self._hold(ctx, task, *chosen[task.name], dp[task.name], misses[task.name],
+                                           means[task.name]) for task in ctx.tasks))
+
+    def growth(self, windows: list) -> float:
+        """How much the next window may bring over the past ones: when the mean rose in each of the last two windows,
+        the smaller of the two rises (at most ``max_growth``), else 1. Plans are made on the past only, so a load
+        that keeps climbing would always be met one window late; a single rise is not a trend (bursty traffic
+        rises and falls from window to window)."""
+        means = [w.mean_qps for w in windows[-3:]]
+        if len(means) < 3 or min(means) <= 0:
+            return 1.0
+        rise = min(means[2] / means[1], means[1] / means[0])
+        return min(self.max_growth, max(1.0, rise))
 
     def _first_plan(self, ctx: PlanContext, task: TaskSpec) -> PoolPlan:
         load = ctx.load_qps[task.name] * self.first_peak_to_mean
@@ -204,10 +233,12 @@ class BurstBudget(Policy):
                 return same[3]
         return best[3]
 
-    def _hold(self, ctx: PlanContext, task: TaskSpec, best, want: int, mean_qps: float) -> PoolPlan:
-        """Up at once (more GPUs than the pool holds); anything else (fewer replicas, or another config at no more
-        GPUs) only after ``down_after`` windows in a row that all wanted it, then with the most replicas they
-        wanted."""
+    def _hold(self, ctx: PlanContext, task: TaskSpec, best, counts: np.ndarray, bin_s: float, want: int,
+              want_misses: float, mean_qps: float) -> PoolPlan:
+        """Now when the pool needs more GPUs than it holds, or when the plan in force is predicted to miss more than
+        the new one and more than the task's share of the budget; anything else (fewer replicas, another config at
+        no more GPUs) only after ``down_after`` windows in a row that all wanted it, then with the most replicas
+        they wanted."""
         current = ctx.current.for_task(task.name) if ctx.current is not None else None
         if current is None or current.dp == 0 or want * best.key.tp > current.gpus:
             self._below[task.name] = []
@@ -215,6 +246,11 @@ class BurstBudget(Policy):
         if best.key == current.key and want == current.dp:
             self._below[task.name] = []
             return current
+        if best.key != current.key:
+            in_force = self.predicted_misses(ctx, task, current.key, counts, bin_s, current.dp)
+            if in_force > max(want_misses, (1.0 - self.target) * float(counts.sum())):
+                self._below[task.name] = []
+                return _sized(ctx, task, best, want, mean_qps)
         below = self._below.setdefault(task.name, [])
         below.append((best.key, want))
         if len(below) <= self.down_after:

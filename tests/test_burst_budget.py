@@ -124,7 +124,7 @@ def test_the_budget_goes_to_the_task_that_misses(profiles):
         code = d.for_task("code")
         assert code.dp * code.saturation_qps >= 2 * code_key_sat  # the bursts bought replicas
     # a looser budget buys fewer
-    loose = simulate(trace, [CHAT, CODE], BurstBudget(target=0.5), profiles, settings())
+    loose = simulate(trace, [CHAT, CODE], BurstBudget(target=0.5, task_floor=0.0), profiles, settings())
     tight_gpus = max(d.for_task("code").gpus for _, d in result.deployments[2:])
     loose_gpus = max(d.for_task("code").gpus for _, d in loose.deployments[2:])
     assert loose_gpus < tight_gpus
@@ -152,6 +152,57 @@ def test_burst_budget_shrinks_only_after_down_after_windows(profiles):
     assert busy >= 2
     assert gpus[300.0] == gpus[360.0] == gpus[420.0] == busy  # three quiet windows: held
     assert gpus[480.0] < busy  # the fourth: shrunk
+
+
+def test_no_task_is_given_up_below_its_floor(profiles):
+    # with a budget loose enough to give code up (target 0.5), task_floor still holds code's own predicted misses
+    code_key = ConfigKey("h100-80gb", "codellama-34b", "w4a8kv4", 1)
+    sat = profiles.saturation_qps(code_key, CODE.workload, CODE.slo)
+    code_rates = np.tile(np.r_[np.full(15, 5.0), np.full(5, 4 * sat)], 20)
+    trace = two_task_trace(np.full(400, 20.0), code_rates)
+    gpus = {}
+    for floor in (0.0, 0.9):
+        policy = BurstBudget(target=0.5, task_floor=floor)
+        result = simulate(trace, [CHAT, CODE], policy, profiles, settings())
+        gpus[floor] = max(d.for_task("code").gpus for _, d in result.deployments[2:])
+    assert gpus[0.9] > gpus[0.0]
+
+
+def test_growth_needs_two_rises_in_a_row():
+    from sim.deployment import WindowRates
+    policy = BurstBudget(max_growth=1.5)
+
+    def ws(*means):
+        return [WindowRates(m, m, m, m, m, 1.0, np.full(10, m)) for m in means]
+    assert policy.growth(ws(10.0, 12.0, 15.0)) == pytest.approx(1.2)  # the smaller rise
+    assert policy.growth(ws(12.0, 10.0, 15.0)) == 1.0  # one rise is not a trend
+    assert policy.growth(ws(15.0, 12.0, 10.0)) == 1.0  # falling: no shrink ahead of time
+    assert policy.growth(ws(10.0, 20.0, 40.0)) == 1.5  # capped
+    assert policy.growth(ws(10.0, 12.0)) == 1.0
+
+
+def test_a_plan_that_misses_is_replaced_now_at_the_same_gpus(profiles):
+    # chat-r on one TP2 replica (2 GPUs) while its load passes TP2's saturation: two TP1 replicas (2 GPUs, more
+    # capacity) replace it at the next plan, without waiting down_after windows
+    chat_r = TaskSpec("chat-r", "llama2-70b", "sharegpt", LatencySlo(3.0, 0.2), quality_min=50.0)
+    tp2 = ConfigKey("h100-80gb", "llama2-70b", "w4a8kv4", 2)
+    tp1 = ConfigKey("h100-80gb", "llama2-70b", "w4a8kv4", 1)
+    sat_tp2 = profiles.saturation_qps(tp2, chat_r.workload, chat_r.slo)
+    assert 2 * profiles.saturation_qps(tp1, chat_r.workload, chat_r.slo) > 1.2 * sat_tp2
+
+    class StartOnTp2(BurstBudget):
+        def _first_plan(self, ctx, task):
+            self._below[task.name] = []
+            return FixedPlan({task.name: {"config": tp2.label, "dp": 1}}).plan_task(ctx, task)
+
+    a = arrivals(np.full(300, 1.15 * sat_tp2))
+    n = len(a)
+    trace = make_trace(a, np.full(n, 100), np.full(n, 20), names=("chat-r",))
+    result = simulate(trace, [chat_r], StartOnTp2(down_after=3), profiles, settings())
+    at_60 = result.deployments[1]
+    assert at_60[0] == WINDOW_S
+    plan = at_60[1].for_task("chat-r")
+    assert plan.key != tp2 and plan.gpus >= 2 and plan.dp * plan.saturation_qps > 1.15 * sat_tp2
 
 
 def test_bad_target_is_refused():
